@@ -1,0 +1,63 @@
+//! Command-line options every example takes: `--bind ADDR` and `--runner NAME`.
+
+use std::process::exit;
+
+/// Parsed options.
+pub struct Options {
+    pub bind: String,
+    pub runner: Box<dyn sgi::runner::Runner>,
+}
+
+/// Parses `--bind ADDR --runner NAME --workers N` (defaults: 127.0.0.1:8000, serial, 4); exits
+/// with a usage message on anything else.
+pub fn options(example: &str) -> Options {
+    let mut bind = "127.0.0.1:8000".to_string();
+    let mut runner = "serial".to_string();
+    let mut workers = 4usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().unwrap_or_else(|| usage(example, &format!("{name} needs a value")));
+        match arg.as_str() {
+            "--bind" => bind = value("--bind"),
+            "--runner" => runner = value("--runner"),
+            "--workers" => {
+                workers = value("--workers").parse().unwrap_or_else(|_| usage(example, "--workers takes a number"))
+            }
+            "-h" | "--help" => usage(example, ""),
+            other => usage(example, &format!("unknown argument {other:?}")),
+        }
+    }
+    let runner = sgi::runner::by_name(&runner, workers).unwrap_or_else(|e| usage(example, &e.to_string()));
+    Options { bind, runner }
+}
+
+fn usage(example: &str, problem: &str) -> ! {
+    if !problem.is_empty() {
+        eprintln!("error: {problem}");
+    }
+    eprintln!(
+        "usage: cargo run --release --example {example} -- [--bind ADDR] [--runner NAME] [--workers N]\n  runners: {}",
+        sgi::runner::NAMES.join(", ")
+    );
+    exit(if problem.is_empty() { 0 } else { 2 })
+}
+
+/// Binds, prints the URL, and serves `handler` until the process is stopped.
+#[allow(dead_code)]
+pub fn serve(example: &str, handler: impl sgi::Handler) {
+    let options = options(example);
+    let server = sgi::Server::bind(options.bind.as_str()).unwrap_or_else(|e| {
+        eprintln!(
+            "error: cannot listen on {}: {e} ({})",
+            options.bind,
+            std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
+        );
+        exit(1)
+    });
+    let addr = server.local_addr().expect("bound listener has an address");
+    println!("{example}: serving on http://{addr}/ with the {} runner", options.runner.name());
+    if let Err(e) = server.runner(options.runner).serve(handler) {
+        eprintln!("error: {e}");
+        exit(1);
+    }
+}

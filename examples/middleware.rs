@@ -1,0 +1,34 @@
+//! cargo run --release --example middleware [-- --bind ADDR --runner NAME --workers N]
+//!
+//! Middleware is a handler that wraps a handler: this one times each request, adds an
+//! `X-Response-Time` header and logs one access line to `wsgi.errors`.
+
+mod common;
+
+use std::io::Write;
+use std::time::Instant;
+
+use sgi::{BoxError, Environ, Handler, Response, StartResponse};
+
+struct Timed<H>(H);
+
+impl<H: Handler> Handler for Timed<H> {
+    fn call(&self, env: &mut Environ<'_>, start_response: StartResponse<'_>) -> Result<Response, BoxError> {
+        let started = Instant::now();
+        let mut response = self.0.call(env, start_response)?;
+        let micros = started.elapsed().as_micros();
+        response.add_header("X-Response-Time", format!("{micros}us"))?;
+        let line =
+            format!("{} {} -> {} in {micros}us", env.method(), env.get("RAW_URI").unwrap_or("?"), response.status());
+        writeln!(env.errors(), "{line}")?;
+        Ok(response)
+    }
+}
+
+fn main() {
+    let app = sgi::handler_fn(|env, start_response| {
+        let name = String::from_utf8_lossy(env.query_string()).into_owned();
+        Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body(format!("hello {name}\n")))
+    });
+    common::serve("middleware", Timed(app));
+}

@@ -1,0 +1,439 @@
+//! The environ: PEP 3333's CGI-style variables of one request, its body ([`Input`]), its error
+//! stream and a place for extensions.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+use crate::config::Config;
+
+/// Where a key or value lives: a `'static` string, or a range of the environ's byte arena.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Slot {
+    Static(&'static [u8]),
+    Arena { start: usize, end: usize },
+}
+
+/// The variables of one request: every key and value is a slice of one arena, so building an
+/// environ costs two allocations at most, and none once a connection's buffers are warm.
+#[derive(Default)]
+pub(crate) struct Vars {
+    arena: Vec<u8>,
+    entries: Vec<(Slot, Slot)>,
+}
+
+impl Vars {
+    pub(crate) fn clear(&mut self) {
+        self.arena.clear();
+        self.entries.clear();
+    }
+
+    pub(crate) fn reserve(&mut self, entries: usize, bytes: usize) {
+        self.entries.reserve(entries);
+        self.arena.reserve(bytes);
+    }
+
+    fn bytes(&self, slot: Slot) -> &[u8] {
+        match slot {
+            Slot::Static(s) => s,
+            Slot::Arena { start, end } => &self.arena[start..end],
+        }
+    }
+
+    pub(crate) fn push_static(&mut self, key: &'static [u8], value: &'static [u8]) -> usize {
+        self.entries.push((Slot::Static(key), Slot::Static(value)));
+        self.entries.len() - 1
+    }
+
+    pub(crate) fn push_copy(&mut self, key: Slot, value: &[u8]) -> usize {
+        self.push_with(key, |out| out.extend_from_slice(value))
+    }
+
+    /// Pushes an entry whose value `write` appends to the arena.
+    pub(crate) fn push_with(&mut self, key: Slot, write: impl FnOnce(&mut Vec<u8>)) -> usize {
+        let start = self.arena.len();
+        write(&mut self.arena);
+        self.entries.push((key, Slot::Arena { start, end: self.arena.len() }));
+        self.entries.len() - 1
+    }
+
+    /// Writes a key into the arena with `write` and returns where it is.
+    pub(crate) fn key_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> Slot {
+        let start = self.arena.len();
+        write(&mut self.arena);
+        Slot::Arena { start, end: self.arena.len() }
+    }
+
+    pub(crate) fn value_of(&self, index: usize) -> &[u8] {
+        self.bytes(self.entries[index].1)
+    }
+
+    pub(crate) fn trim_value_front(&mut self, index: usize, n: usize) {
+        if let Slot::Arena { start, end } = &mut self.entries[index].1 {
+            *start = (*start + n).min(*end);
+        }
+    }
+
+    fn position(&self, key: &[u8]) -> Option<usize> {
+        self.entries.iter().position(|&(k, _)| self.bytes(k) == key)
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.position(key).map(|i| self.value_of(i))
+    }
+
+    fn insert(&mut self, key: &[u8], value: &[u8]) {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(value);
+        let value = Slot::Arena { start, end: self.arena.len() };
+        match self.position(key) {
+            Some(i) => self.entries[i].1 = value,
+            None => {
+                let key = self.key_with(|out| out.extend_from_slice(key));
+                self.entries.push((key, value));
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> bool {
+        match self.position(key) {
+            Some(i) => {
+                self.entries.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.entries.iter().map(|&(k, v)| (self.bytes(k), self.bytes(v)))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// The wsgi.multithread / multiprocess / run_once flags, set truthfully by each runner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunnerFlags {
+    /// Another thread of the same process may call the handler at the same time.
+    pub multithread: bool,
+    /// Another process may call the handler at the same time.
+    pub multiprocess: bool,
+    /// The handler is called once in the life of this process.
+    pub run_once: bool,
+}
+
+/// The CGI-style environment of one request (PEP 3333's `environ`), passed `&mut` to the handler.
+///
+/// # Variables
+/// Every variable a WSGI server sets: `REQUEST_METHOD`, `SCRIPT_NAME`, `PATH_INFO`
+/// (percent-decoded), `QUERY_STRING` (raw), `RAW_URI` (the target as sent), `CONTENT_TYPE` and
+/// `CONTENT_LENGTH` (only when sent), `SERVER_NAME`, `SERVER_PORT` (of the listening socket),
+/// `SERVER_PROTOCOL`, `REMOTE_ADDR`, `REMOTE_PORT`, `wsgi.url_scheme`, and one `HTTP_<NAME>` per
+/// request header field (uppercased, `-` turned into `_`, repeated fields joined with `,`; a field
+/// whose name contains `_` is dropped unless [`Config::keep_underscore_headers`] is set).
+///
+/// Values are byte strings, as PEP 3333's latin-1 strings are: a percent-decoded path or an
+/// obs-text header value need not be UTF-8. [`Environ::get_bytes`] returns them exactly;
+/// [`Environ::get`] gives a `&str` view and returns `None` for a value that is not UTF-8.
+///
+/// The `wsgi.*` values that are not strings are typed: [`Environ::input`] (`wsgi.input`),
+/// [`Environ::errors`] (`wsgi.errors`), [`Environ::flags`] (`wsgi.multithread`,
+/// `wsgi.multiprocess`, `wsgi.run_once`). [`Environ::extensions_mut`] holds typed values that
+/// middleware attaches for the handlers it wraps.
+///
+/// ```
+/// use sgi::{handler_fn, Response};
+/// let app = handler_fn(|env, start_response| {
+///     let greeting = format!("{} {}", env.method(), env.get("PATH_INFO").unwrap_or("?"));
+///     Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body(greeting))
+/// });
+/// # let _ = app;
+/// ```
+pub struct Environ<'c> {
+    vars: Vars,
+    input: Input<'c>,
+    config: &'c Config,
+    peer: Option<SocketAddr>,
+    flags: RunnerFlags,
+    extensions: Extensions,
+}
+
+impl fmt::Debug for Environ<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (k, v) in self.vars.iter() {
+            map.entry(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
+        }
+        map.finish()
+    }
+}
+
+impl<'c> Environ<'c> {
+    pub(crate) fn new(
+        vars: Vars,
+        input: Input<'c>,
+        config: &'c Config,
+        peer: Option<SocketAddr>,
+        flags: RunnerFlags,
+    ) -> Environ<'c> {
+        Environ { vars, input, config, peer, flags, extensions: Extensions::default() }
+    }
+
+    /// Gives the variable storage back to the connection for the next request.
+    pub(crate) fn into_vars(self) -> Vars {
+        self.vars
+    }
+
+    /// The value of a variable as `&str`; `None` if it is absent or not valid UTF-8
+    /// (use [`Environ::get_bytes`] for those).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.get_bytes(key).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The value of a variable, exactly as the server or a middleware set it.
+    pub fn get_bytes(&self, key: &str) -> Option<&[u8]> {
+        self.vars.get(key.as_bytes())
+    }
+
+    /// Sets a variable, replacing any previous value (how middleware rewrites `SCRIPT_NAME`,
+    /// `PATH_INFO` or `wsgi.url_scheme`).
+    pub fn insert(&mut self, key: &str, value: impl AsRef<[u8]>) {
+        self.vars.insert(key.as_bytes(), value.as_ref());
+    }
+
+    /// Removes a variable; returns whether it was there.
+    pub fn remove(&mut self, key: &str) -> bool {
+        self.vars.remove(key.as_bytes())
+    }
+
+    /// Every variable, in the order the server set them (then insertion order).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        // Keys are ASCII when the server sets them and `&str` when a caller does.
+        self.vars.iter().map(|(k, v)| (std::str::from_utf8(k).unwrap_or(""), v))
+    }
+
+    /// Number of variables.
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    /// Whether there are no variables (never true for an environ the server built).
+    pub fn is_empty(&self) -> bool {
+        self.vars.len() == 0
+    }
+
+    /// `REQUEST_METHOD`, e.g. `"GET"`.
+    pub fn method(&self) -> &str {
+        self.get("REQUEST_METHOD").unwrap_or("")
+    }
+
+    /// `PATH_INFO`: the percent-decoded path below `SCRIPT_NAME`, as bytes.
+    pub fn path_info(&self) -> &[u8] {
+        self.get_bytes("PATH_INFO").unwrap_or(b"")
+    }
+
+    /// `QUERY_STRING`: the raw query, without the `?`.
+    pub fn query_string(&self) -> &[u8] {
+        self.get_bytes("QUERY_STRING").unwrap_or(b"")
+    }
+
+    /// `CONTENT_TYPE`, when the request has one.
+    pub fn content_type(&self) -> Option<&str> {
+        self.get("CONTENT_TYPE")
+    }
+
+    /// `CONTENT_LENGTH` as a number, when the request has one.
+    pub fn content_length(&self) -> Option<u64> {
+        self.get("CONTENT_LENGTH").and_then(|v| v.parse().ok())
+    }
+
+    /// The value of request header field `name` (any case, `-` or `_`), i.e. its `HTTP_*`
+    /// variable; `Content-Type` and `Content-Length` are found too.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        let name = name.as_bytes();
+        let matches = |key: &[u8]| {
+            key.len() == name.len()
+                && key.iter().zip(name).all(|(&k, &n)| k == if n == b'-' { b'_' } else { n.to_ascii_uppercase() })
+        };
+        self.vars.iter().find_map(|(k, v)| {
+            let hit = match k.strip_prefix(b"HTTP_") {
+                Some(rest) => matches(rest),
+                None => (k == b"CONTENT_TYPE" || k == b"CONTENT_LENGTH") && matches(k),
+            };
+            hit.then_some(v)
+        })
+    }
+
+    /// The peer's address, for TCP connections (`REMOTE_ADDR` and `REMOTE_PORT` as a value).
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// `wsgi.url_scheme`: `"http"` unless configured or rewritten by a middleware.
+    pub fn url_scheme(&self) -> &str {
+        self.get("wsgi.url_scheme").unwrap_or("http")
+    }
+
+    /// `wsgi.multithread`, `wsgi.multiprocess` and `wsgi.run_once`, as the runner set them.
+    pub fn flags(&self) -> RunnerFlags {
+        self.flags
+    }
+
+    /// `wsgi.input`: the request body, de-framed. See [`Input`].
+    pub fn input(&mut self) -> &mut Input<'c> {
+        &mut self.input
+    }
+
+    /// `wsgi.errors`: a writer whose lines go to the server's error log
+    /// ([`Config::error_log`]).
+    pub fn errors(&self) -> ErrorStream<'c> {
+        ErrorStream { config: self.config, line: Vec::new() }
+    }
+
+    /// Typed values attached to this request.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Typed values attached to this request, for a middleware to add to.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+}
+
+/// What an [`Input`] reads from: the connection driver's body decoder.
+pub(crate) trait BodySource {
+    fn read_body(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// `wsgi.input`: the request body as a [`std::io::Read`].
+///
+/// It decodes `Content-Length` and `chunked` framing, never reads past the body, and returns
+/// `Ok(0)` at its end, even for a chunked body (`wsgi.input_terminated`). When the client sent
+/// `Expect: 100-continue`, the `100 Continue` interim response goes out on the first read, so a
+/// handler that answers without reading (401, 413, ...) never makes the client upload.
+///
+/// A body that breaks its framing, grows past [`Config::max_body`], stalls past
+/// [`Config::body_timeout`] or ends early fails the read with an [`io::Error`] whose source is a
+/// [`ParseError`](crate::ParseError); the connection is closed after the response.
+///
+/// Reads are unbuffered passes over the connection's buffer; wrap it in a
+/// [`std::io::BufReader`] to read lines.
+pub struct Input<'c> {
+    source: Option<&'c mut dyn BodySource>,
+}
+
+impl fmt::Debug for Input<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Input").field("has_body", &self.source.is_some()).finish()
+    }
+}
+
+impl<'c> Input<'c> {
+    pub(crate) fn new(source: Option<&'c mut dyn BodySource>) -> Input<'c> {
+        Input { source }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Input<'static> {
+        Input { source: None }
+    }
+}
+
+impl Read for Input<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.source {
+            Some(source) if !buf.is_empty() => source.read_body(buf),
+            _ => Ok(0),
+        }
+    }
+}
+
+/// `wsgi.errors`: each line written goes to the server's error log. A partial last line is
+/// logged on [`Write::flush`] or when the stream is dropped.
+pub struct ErrorStream<'c> {
+    config: &'c Config,
+    line: Vec<u8>,
+}
+
+impl fmt::Debug for ErrorStream<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ErrorStream").finish_non_exhaustive()
+    }
+}
+
+impl Write for ErrorStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for &b in buf {
+            if b == b'\n' {
+                self.flush()?;
+            } else {
+                self.line.push(b);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.line.is_empty() {
+            self.config.log(&String::from_utf8_lossy(&self.line));
+            self.line.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ErrorStream<'_> {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+/// A map of typed values, one per type, that middleware attaches to a request.
+///
+/// ```
+/// let mut ext = sgi::Extensions::default();
+/// struct User(&'static str);
+/// ext.insert(User("ada"));
+/// assert_eq!(ext.get::<User>().map(|u| u.0), Some("ada"));
+/// ```
+#[derive(Default)]
+pub struct Extensions {
+    map: Option<Box<HashMap<TypeId, Box<dyn Any + Send + Sync>>>>,
+}
+
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Extensions").field("len", &self.map.as_ref().map_or(0, |m| m.len())).finish()
+    }
+}
+
+impl Extensions {
+    /// Stores `value`, returning the previous value of the same type.
+    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
+        self.map
+            .get_or_insert_with(Default::default)
+            .insert(TypeId::of::<T>(), Box::new(value))
+            .and_then(|old| old.downcast().ok().map(|b| *b))
+    }
+
+    /// The value of type `T`, if one was stored.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.map.as_ref()?.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+
+    /// The value of type `T`, mutably.
+    pub fn get_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
+        self.map.as_mut()?.get_mut(&TypeId::of::<T>())?.downcast_mut()
+    }
+
+    /// Removes and returns the value of type `T`.
+    pub fn remove<T: Send + Sync + 'static>(&mut self) -> Option<T> {
+        self.map.as_mut()?.remove(&TypeId::of::<T>())?.downcast().ok().map(|b| *b)
+    }
+}

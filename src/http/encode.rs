@@ -1,0 +1,355 @@
+//! The one response writer, sans I/O: validates what the application sets, chooses the framing,
+//! and encodes the head, chunk framing and error responses into byte buffers.
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::http::date;
+use crate::http::parse::is_tchar;
+
+/// Status and headers as the application set them, validated and already in wire form.
+///
+/// The buffer is lent by the connection and handed back after each response, so steady-state
+/// responses allocate nothing.
+#[derive(Debug, Default)]
+pub(crate) struct ResponseHead {
+    /// `"NNN Reason"` followed by the application's header lines, each `Name: value\r\n`.
+    buf: Vec<u8>,
+    status_end: usize,
+    pub(crate) status: u16,
+    pub(crate) content_length: Option<u64>,
+    has_date: bool,
+    has_server: bool,
+}
+
+/// Request facts the writer needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestInfo {
+    pub is_head: bool,
+    pub http10: bool,
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFraming {
+    /// No body may follow (HEAD, 1xx, 204, 304).
+    NoBody,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding (HTTP/1.1 only).
+    Chunked,
+    /// Body ends when the connection closes (HTTP/1.0 with an unknown length).
+    Close,
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+impl ResponseHead {
+    /// Clears the head and sets its status from `"NNN Reason"` (code 200..=999; an interim 1xx
+    /// response is the server's business, not the application's).
+    pub(crate) fn set_status(&mut self, status: &str) -> Result<(), Error> {
+        let s = status.as_bytes();
+        let code_ok = s.len() >= 3 && s[..3].iter().all(u8::is_ascii_digit) && s[0] >= b'2';
+        let reason_ok = match s.get(3) {
+            None => true,
+            Some(b' ') => s[4..].iter().all(|&b| b == b'\t' || b >= b' ' && b != 0x7f),
+            Some(_) => false,
+        };
+        if !code_ok || !reason_ok {
+            return Err(Error::InvalidStatus);
+        }
+        self.reset();
+        self.status = s[..3].iter().fold(0, |n, &d| n * 10 + u16::from(d - b'0'));
+        self.buf.extend_from_slice(&s[..3]);
+        self.buf.push(b' ');
+        match s.get(4..) {
+            Some(reason) if !reason.is_empty() => self.buf.extend_from_slice(reason),
+            _ => self.buf.extend_from_slice(reason_phrase(self.status).as_bytes()),
+        }
+        self.status_end = self.buf.len();
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.buf.clear();
+        self.status_end = 0;
+        self.status = 0;
+        self.content_length = None;
+        self.has_date = false;
+        self.has_server = false;
+    }
+
+    /// Appends one header, refusing what could split the response or break its framing:
+    /// a name that is not a token, a value with CR, LF, NUL or another control character
+    /// (CVE-2018-1000164), hop-by-hop fields, and a malformed or repeated `Content-Length`.
+    pub(crate) fn push_header(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Err(Error::InvalidHeaderName);
+        }
+        if !value.iter().all(|&b| b == b'\t' || b >= b' ' && b != 0x7f) {
+            return Err(Error::InvalidHeaderValue);
+        }
+        let value = trim_ows(value);
+        if HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+            return Err(Error::HopByHopHeader);
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok())
+                .ok_or(Error::InvalidHeaderValue)?;
+            if self.content_length.replace(n).is_some_and(|old| old != n) {
+                return Err(Error::InvalidHeaderValue);
+            }
+            // Written by `encode_head`, which knows when a response must not carry it.
+            return Ok(());
+        }
+        self.has_date |= name.eq_ignore_ascii_case("date");
+        self.has_server |= name.eq_ignore_ascii_case("server");
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.extend_from_slice(b": ");
+        self.buf.extend_from_slice(value);
+        self.buf.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    /// Chooses the framing of the body (RFC 9112 §6.3, PEP 3333's Content-Length rules).
+    /// `body_len` is the length of the body when it is known before sending.
+    pub(crate) fn framing(&self, req: RequestInfo, body_len: Option<u64>) -> BodyFraming {
+        if req.is_head || self.status == 204 || self.status == 304 {
+            BodyFraming::NoBody
+        } else if let Some(n) = self.content_length.or(body_len) {
+            BodyFraming::Length(n)
+        } else if req.http10 {
+            BodyFraming::Close
+        } else {
+            BodyFraming::Chunked
+        }
+    }
+
+    /// Encodes the status line and every header into `out`.
+    pub(crate) fn encode(
+        &self,
+        out: &mut Vec<u8>,
+        req: RequestInfo,
+        framing: BodyFraming,
+        body_len: Option<u64>,
+        keep_alive: bool,
+        config: &Config,
+    ) {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(&self.buf[..self.status_end]);
+        out.extend_from_slice(b"\r\n");
+        if !self.has_date {
+            out.extend_from_slice(b"Date: ");
+            date::extend_with_now(out);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let (false, Some(server)) = (self.has_server, &config.server_header) {
+            out.extend_from_slice(b"Server: ");
+            out.extend_from_slice(server.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let length_header = match framing {
+            BodyFraming::Length(n) => Some(n),
+            // A HEAD response says how long the GET body would be, when that is known.
+            BodyFraming::NoBody if req.is_head => self.content_length.or(body_len),
+            BodyFraming::NoBody if self.status == 304 => self.content_length,
+            _ => None,
+        };
+        if let Some(n) = length_header {
+            out.extend_from_slice(b"Content-Length: ");
+            extend_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        if framing == BodyFraming::Chunked {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        if !keep_alive {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if req.http10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(&self.buf[self.status_end..]);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
+    let end = v.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
+    &v[start..end]
+}
+
+pub(crate) fn extend_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Writes the `size CRLF` line that opens a chunk of `len > 0` bytes.
+pub(crate) fn chunk_prefix(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Closes a chunk's data.
+pub(crate) const CHUNK_SUFFIX: &[u8] = b"\r\n";
+/// The last chunk and an empty trailer section.
+pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// A complete response the server sends on its own (an error status), always closing the connection.
+pub(crate) fn error_response(out: &mut Vec<u8>, status: u16, message: &str, config: &Config) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    extend_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.extend_from_slice(b"\r\nDate: ");
+    date::extend_with_now(out);
+    if let Some(server) = &config.server_header {
+        out.extend_from_slice(b"\r\nServer: ");
+        out.extend_from_slice(server.as_bytes());
+    }
+    out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    extend_decimal(out, message.len() as u64 + 1);
+    out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    out.extend_from_slice(message.as_bytes());
+    out.push(b'\n');
+}
+
+/// The `100 Continue` interim response.
+pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The reason phrase RFC 9110 gives a status code, or `"Unknown"`.
+pub(crate) fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        422 => "Unprocessable Content",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GET11: RequestInfo = RequestInfo { is_head: false, http10: false };
+
+    fn head(status: &str, headers: &[(&str, &str)]) -> Result<ResponseHead, Error> {
+        let mut h = ResponseHead::default();
+        h.set_status(status)?;
+        for (n, v) in headers {
+            h.push_header(n, v.as_bytes())?;
+        }
+        Ok(h)
+    }
+
+    #[test]
+    fn refuses_response_splitting_and_hop_by_hop() {
+        assert!(matches!(head("200 OK", &[("X", "a\r\nSet-Cookie: x")]), Err(Error::InvalidHeaderValue)));
+        assert!(matches!(head("200 OK", &[("X", "a\nb")]), Err(Error::InvalidHeaderValue)));
+        assert!(matches!(head("200 OK", &[("X", "a\0b")]), Err(Error::InvalidHeaderValue)));
+        assert!(matches!(head("200 OK", &[("X Y", "a")]), Err(Error::InvalidHeaderName)));
+        assert!(matches!(head("200 OK", &[("X:", "a")]), Err(Error::InvalidHeaderName)));
+        assert!(matches!(head("200 OK", &[("Transfer-Encoding", "chunked")]), Err(Error::HopByHopHeader)));
+        assert!(matches!(head("200 OK", &[("connection", "close")]), Err(Error::HopByHopHeader)));
+        assert!(matches!(head("200 OK", &[("Content-Length", "+5")]), Err(Error::InvalidHeaderValue)));
+        assert!(matches!(head("200 OK\r\nX: y", &[]), Err(Error::InvalidStatus)));
+        assert!(matches!(head("100 Continue", &[]), Err(Error::InvalidStatus)));
+        assert!(matches!(head("20 OK", &[]), Err(Error::InvalidStatus)));
+        assert!(matches!(head("200OK", &[]), Err(Error::InvalidStatus)));
+        assert!(head("299", &[("X-Ok", "caf\u{e9}")]).is_ok());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h = head("200 OK", &[]).unwrap();
+        assert_eq!(h.framing(GET11, None), BodyFraming::Chunked);
+        assert_eq!(h.framing(GET11, Some(3)), BodyFraming::Length(3));
+        assert_eq!(h.framing(RequestInfo { is_head: false, http10: true }, None), BodyFraming::Close);
+        assert_eq!(h.framing(RequestInfo { is_head: true, http10: false }, None), BodyFraming::NoBody);
+        let h = head("204 No Content", &[("Content-Length", "5")]).unwrap();
+        assert_eq!(h.framing(GET11, Some(5)), BodyFraming::NoBody);
+        let mut out = Vec::new();
+        h.encode(&mut out, GET11, BodyFraming::NoBody, Some(5), true, &Config::default());
+        assert!(!String::from_utf8(out).unwrap().contains("Content-Length"));
+        let h = head("200 OK", &[("Content-Length", "7")]).unwrap();
+        assert_eq!(h.framing(GET11, Some(3)), BodyFraming::Length(7));
+    }
+
+    #[test]
+    fn chunk_prefix_is_lowercase_hex() {
+        let mut out = Vec::new();
+        chunk_prefix(&mut out, 0x1a2b);
+        assert_eq!(out, b"1a2b\r\n");
+    }
+}

@@ -1,0 +1,431 @@
+//! The one request-head parser: finds the end of the head incrementally, parses it with
+//! `httparse`, applies RFC 9112's framing rules and our limits, and writes the CGI variables.
+
+use std::mem::MaybeUninit;
+
+use crate::config::{Config, MAX_HEADERS_CEILING};
+use crate::environ::{Slot, Vars};
+use crate::error::ParseError;
+
+/// How the request body is framed (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body at all.
+    Empty,
+    /// `Content-Length: n` with n > 0.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// The protocol facts of a parsed head the connection driver needs; the rest went into the environ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RequestHead {
+    /// Bytes of the head, final CRLF included: the body starts here.
+    pub len: usize,
+    pub is_head: bool,
+    pub http10: bool,
+    pub framing: Framing,
+    /// What the client asked for; the driver may still decide to close.
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+/// Per-connection facts that go into every environ on it, formatted once per connection.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnInfo {
+    pub server_name: Box<str>,
+    pub server_port: Box<str>,
+    pub remote_addr: Box<str>,
+    pub remote_port: Box<str>,
+}
+
+/// Incremental search for the end of a request head.
+///
+/// Each call looks only at bytes not seen before, so a head trickling in one byte at a time costs
+/// linear time in total (httparse's `# Warning` about quadratic re-parsing). Rejects a bare LF as
+/// a line ending on the spot (waitress CVE-2019-16785), and enforces the request-line and head
+/// size limits before the head is complete, so a client can never make us buffer more than them.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct HeadScanner {
+    scanned: usize,
+    request_line_len: Option<usize>,
+}
+
+impl HeadScanner {
+    /// Returns `Ok(Some(len))` when `buf[..len]` is a whole head, `Ok(None)` when more bytes are needed.
+    pub(crate) fn scan(&mut self, buf: &[u8], config: &Config) -> Result<Option<usize>, ParseError> {
+        let mut pos = self.scanned;
+        while let Some(i) = find_lf(&buf[pos..]).map(|i| i + pos) {
+            if i == 0 || buf[i - 1] != b'\r' {
+                return Err(ParseError::BareLineEnding);
+            }
+            if self.request_line_len.is_none() {
+                let len = i - 1;
+                if len > config.max_request_line {
+                    return Err(ParseError::UriTooLong);
+                }
+                self.request_line_len = Some(len);
+            }
+            if i >= 3 && &buf[i - 3..=i] == b"\r\n\r\n" {
+                let len = i + 1;
+                if len > config.max_head {
+                    return Err(ParseError::HeadTooLarge);
+                }
+                *self = HeadScanner::default();
+                return Ok(Some(len));
+            }
+            pos = i + 1;
+        }
+        self.scanned = buf.len();
+        if self.request_line_len.is_none() && buf.len() > config.max_request_line + 1 {
+            return Err(ParseError::UriTooLong);
+        }
+        if buf.len() > config.max_head {
+            return Err(ParseError::HeadTooLarge);
+        }
+        Ok(None)
+    }
+}
+
+/// Position of the first `\n`, eight bytes at a time: the head scan is on every request's path.
+fn find_lf(haystack: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const LF: u64 = LO * b'\n' as u64;
+    let mut chunks = haystack.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("chunk of eight"));
+        let x = word ^ LF;
+        if (x.wrapping_sub(LO) & !x & HI) != 0 {
+            break;
+        }
+        offset += 8;
+    }
+    haystack[offset..].iter().position(|&b| b == b'\n').map(|i| i + offset)
+}
+
+/// Number of leading empty lines (CRLF pairs) before a request line, which RFC 9112 §2.2 says a
+/// server should ignore.
+pub(crate) fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut n = 0;
+    while buf[n..].starts_with(b"\r\n") {
+        n += 2;
+    }
+    n
+}
+
+/// Parses a complete head `buf[..len]` (as found by [`HeadScanner`]) into `vars` and returns the
+/// framing facts. `vars` is cleared first; its capacity is reused.
+pub(crate) fn parse_head(
+    buf: &[u8],
+    config: &Config,
+    conn: &ConnInfo,
+    vars: &mut Vars,
+) -> Result<RequestHead, ParseError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
+    let mut req = httparse::Request::new(&mut []);
+    let max_headers = config.max_headers.min(MAX_HEADERS_CEILING);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut slots[..max_headers],
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Err(ParseError::Malformed),
+        Err(e) => return Err(map_httparse_error(e, buf)),
+    };
+    let method = req.method.ok_or(ParseError::Malformed)?;
+    let target = req.path.ok_or(ParseError::Malformed)?;
+    let http10 = req.version == Some(0);
+    if method == "CONNECT" {
+        return Err(ParseError::MethodNotImplemented);
+    }
+
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut host = false;
+    let mut content_type = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.len() + h.value.len() + 2 > config.max_header_field {
+            return Err(ParseError::HeaderFieldTooLarge);
+        }
+        match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => {
+                if std::mem::replace(&mut host, true) {
+                    return Err(ParseError::Host);
+                }
+            }
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                if !http10 {
+                    if h.value.eq_ignore_ascii_case(b"100-continue") {
+                        expect_continue = true;
+                    } else {
+                        return Err(ParseError::Expectation);
+                    }
+                }
+            }
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for token in list_elements(h.value) {
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            12 if name.eq_ignore_ascii_case(b"content-type") => {
+                if std::mem::replace(&mut content_type, true) {
+                    return Err(ParseError::DuplicateContentType);
+                }
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                if content_length.is_some() {
+                    return Err(ParseError::ContentLength);
+                }
+                content_length = Some(parse_content_length(h.value)?);
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                if http10 {
+                    return Err(ParseError::TransferEncodingOnHttp10);
+                }
+                transfer_encoding = true;
+                for coding in list_elements(h.value) {
+                    if coding.is_empty() || !coding.iter().all(|&b| is_tchar(b)) {
+                        return Err(ParseError::TransferEncoding);
+                    }
+                    if !coding.eq_ignore_ascii_case(b"chunked") {
+                        return Err(ParseError::UnsupportedTransferCoding);
+                    }
+                    if std::mem::replace(&mut chunked, true) {
+                        return Err(ParseError::TransferEncoding);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if transfer_encoding && !chunked {
+        return Err(ParseError::TransferEncoding);
+    }
+    if transfer_encoding && content_length.is_some() {
+        return Err(ParseError::ContentLengthWithTransferEncoding);
+    }
+    if !http10 && !host {
+        return Err(ParseError::Host);
+    }
+    let framing = match content_length {
+        _ if chunked => Framing::Chunked,
+        Some(0) | None => Framing::Empty,
+        Some(n) => {
+            if config.max_body.is_some_and(|max| n > max) {
+                return Err(ParseError::BodyTooLarge);
+            }
+            Framing::Length(n)
+        }
+    };
+
+    write_environ(vars, config, conn, method, target, http10, req.headers)?;
+
+    Ok(RequestHead {
+        len,
+        is_head: method == "HEAD",
+        http10,
+        framing,
+        keep_alive: if http10 { keep_alive_token && !close } else { !close },
+        expect_continue,
+    })
+}
+
+fn write_environ(
+    vars: &mut Vars,
+    config: &Config,
+    conn: &ConnInfo,
+    method: &str,
+    target: &str,
+    http10: bool,
+    headers: &[httparse::Header<'_>],
+) -> Result<(), ParseError> {
+    vars.clear();
+    vars.reserve(headers.len() + 16, 256 + 2 * target.len() + 48 * headers.len());
+    let (path, query) = split_target(method, target)?;
+
+    vars.push_copy(Slot::Static(b"REQUEST_METHOD"), method.as_bytes());
+    vars.push_copy(Slot::Static(b"SCRIPT_NAME"), config.script_name.as_bytes());
+    let path_info = vars.push_with(Slot::Static(b"PATH_INFO"), |out| percent_decode(path, out));
+    if !config.script_name.is_empty() {
+        let decoded = vars.value_of(path_info);
+        let prefix = config.script_name.as_bytes();
+        let rest = decoded.strip_prefix(prefix).ok_or(ParseError::OutsideMount)?;
+        if !(rest.is_empty() || rest.starts_with(b"/")) {
+            return Err(ParseError::OutsideMount);
+        }
+        vars.trim_value_front(path_info, prefix.len());
+    }
+    vars.push_copy(Slot::Static(b"QUERY_STRING"), query);
+    vars.push_copy(Slot::Static(b"RAW_URI"), target.as_bytes());
+    vars.push_static(b"SERVER_PROTOCOL", if http10 { b"HTTP/1.0" } else { b"HTTP/1.1" });
+    vars.push_copy(Slot::Static(b"SERVER_NAME"), conn.server_name.as_bytes());
+    vars.push_copy(Slot::Static(b"SERVER_PORT"), conn.server_port.as_bytes());
+    vars.push_copy(Slot::Static(b"REMOTE_ADDR"), conn.remote_addr.as_bytes());
+    vars.push_copy(Slot::Static(b"REMOTE_PORT"), conn.remote_port.as_bytes());
+    vars.push_copy(Slot::Static(b"wsgi.url_scheme"), config.url_scheme.as_bytes());
+
+    for (i, h) in headers.iter().enumerate() {
+        let name = h.name.as_bytes();
+        if !config.keep_underscore_headers && name.contains(&b'_') {
+            continue;
+        }
+        // A repeated field was merged into its first occurrence already.
+        if headers[..i].iter().any(|e| e.name.len() == name.len() && e.name.eq_ignore_ascii_case(h.name)) {
+            continue;
+        }
+        let key = if name.eq_ignore_ascii_case(b"content-type") {
+            Slot::Static(b"CONTENT_TYPE")
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            Slot::Static(b"CONTENT_LENGTH")
+        } else {
+            vars.key_with(|out| {
+                out.extend_from_slice(b"HTTP_");
+                out.extend(name.iter().map(|&b| if b == b'-' { b'_' } else { b.to_ascii_uppercase() }));
+            })
+        };
+        vars.push_with(key, |out| {
+            out.extend_from_slice(h.value);
+            for later in &headers[i + 1..] {
+                if later.name.len() == name.len() && later.name.eq_ignore_ascii_case(h.name) {
+                    out.push(b',');
+                    out.extend_from_slice(later.value);
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Splits a request target into its path and its raw query, per the target's form (RFC 9112 §3.2).
+/// A fragment, which a client should never send, is dropped from both.
+fn split_target<'t>(method: &str, target: &'t str) -> Result<(&'t [u8], &'t [u8]), ParseError> {
+    let t = target.as_bytes();
+    let t = match t.iter().position(|&b| b == b'#') {
+        Some(i) => &t[..i],
+        None => t,
+    };
+    let origin = if t.starts_with(b"/") {
+        t
+    } else if t == b"*" {
+        if method != "OPTIONS" {
+            return Err(ParseError::Target);
+        }
+        return Ok((b"*", b""));
+    } else {
+        // absolute-form: scheme "://" authority [path-abempty] ["?" query]
+        let after_scheme = strip_prefix_ignore_case(t, b"http://")
+            .or_else(|| strip_prefix_ignore_case(t, b"https://"))
+            .ok_or(ParseError::Target)?;
+        let path_start = after_scheme.iter().position(|&b| b == b'/' || b == b'?');
+        match path_start {
+            Some(i) if after_scheme[i] == b'/' => &after_scheme[i..],
+            Some(i) => return Ok((b"/", &after_scheme[i + 1..])),
+            None => return Ok((b"/", b"")),
+        }
+    };
+    Ok(match origin.iter().position(|&b| b == b'?') {
+        Some(i) => (&origin[..i], &origin[i + 1..]),
+        None => (origin, b""),
+    })
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)).then(|| &s[prefix.len()..])
+}
+
+/// Decodes `%XX` escapes; an invalid escape is kept as it is (like Python's `unquote`, which
+/// wsgiref and gunicorn use). The result need not be UTF-8.
+fn percent_decode(path: &[u8], out: &mut Vec<u8>) {
+    let mut rest = path;
+    while let Some(i) = rest.iter().position(|&b| b == b'%') {
+        out.extend_from_slice(&rest[..i]);
+        match (rest.get(i + 1).and_then(|&b| hex_value(b)), rest.get(i + 2).and_then(|&b| hex_value(b))) {
+            (Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                rest = &rest[i + 3..];
+            }
+            _ => {
+                out.push(b'%');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.extend_from_slice(rest);
+}
+
+pub(crate) fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `Content-Length = 1*DIGIT`, overflow-checked: no sign, no hex, no list, no whitespace inside
+/// (hyper CVE-2021-32715, waitress CVE-2022-24761 and CVE-2019-16792).
+fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
+    if value.is_empty() {
+        return Err(ParseError::ContentLength);
+    }
+    value.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return Err(ParseError::ContentLength);
+        }
+        n.checked_mul(10).and_then(|n| n.checked_add(u64::from(b - b'0'))).ok_or(ParseError::ContentLength)
+    })
+}
+
+/// The elements of a comma-separated field value, with optional whitespace (SP / HTAB only)
+/// trimmed around each.
+fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(|e| {
+        let start = e.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(e.len());
+        let end = e.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
+        &e[start..end]
+    })
+}
+
+/// RFC 9110 `tchar`.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    matches!(b,
+        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+        | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+}
+
+fn map_httparse_error(e: httparse::Error, buf: &[u8]) -> ParseError {
+    match e {
+        httparse::Error::HeaderName => ParseError::HeaderName,
+        httparse::Error::HeaderValue => ParseError::HeaderValue,
+        httparse::Error::TooManyHeaders => ParseError::TooManyHeaders,
+        httparse::Error::Token => ParseError::Malformed,
+        httparse::Error::Version => {
+            // A well-formed `HTTP/x.y` other than 1.0 and 1.1 is a version we do not speak (505);
+            // anything else in that place is garbage (400).
+            let line_end = buf.iter().position(|&b| b == b'\r').unwrap_or(buf.len());
+            let line = &buf[..line_end];
+            let version = line.rsplit(|&b| b == b' ').next().unwrap_or(b"");
+            let well_formed = version.len() == 8
+                && version.starts_with(b"HTTP/")
+                && version[5].is_ascii_digit()
+                && version[6] == b'.'
+                && version[7].is_ascii_digit();
+            if well_formed {
+                ParseError::Version
+            } else {
+                ParseError::Malformed
+            }
+        }
+        _ => ParseError::Malformed,
+    }
+}

@@ -1,0 +1,90 @@
+//! `sgi` does for Rust what WSGI and its servers do for Python: an application implements one
+//! [`Handler`] trait (a CGI-style [`Environ`] and a [`StartResponse`] in, a streamed [`Body`] out),
+//! and the library owns everything between it and the socket: one strict HTTP/1.1 parser, one
+//! response writer, and interchangeable [runners](runner) that schedule connections.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use sgi::{handler_fn, Server};
+//!
+//! fn main() -> Result<(), sgi::Error> {
+//!     let app = handler_fn(|env, start_response| {
+//!         let body = format!("Hello from {}\n", env.get("PATH_INFO").unwrap_or("?"));
+//!         Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body(body))
+//!     });
+//!     Server::bind("127.0.0.1:8000")?.serve(app)
+//! }
+//! ```
+//!
+//! # The application interface
+//!
+//! PEP 3333's semantics with Rust's types:
+//! - [`Handler::call`] gets `&mut Environ` and a [`StartResponse`]; [`StartResponse::start`]
+//!   consumes it and returns the [`Started`] token, the only way to build a [`Response`]. A
+//!   handler that forgets to start a response does not compile.
+//! - Status and headers are validated when set (no CR, LF or NUL: no response splitting; no
+//!   hop-by-hop headers) and sent with the first non-empty body chunk, so they can be replaced
+//!   until the handler returns ([`Started::restart`], PEP 3333's `exc_info`).
+//! - The body is pulled by the server ([`Body`]): bytes, an iterator of chunks, a reader or a
+//!   file. Dropping it is WSGI's `close()`.
+//! - `wsgi.input` is [`Input`]: a [`std::io::Read`] over the de-framed body that returns EOF at
+//!   its end and sends `100 Continue` lazily on the first read.
+//! - Errors returned by a handler become `500`; panics are caught at the connection boundary and
+//!   also become `500` (or a closed connection when the response had begun).
+//!
+//! # Limits and defaults
+//!
+//! Every limit and timeout is on [`Config`], each setter documenting its default. Bad input gets
+//! a clear status and a closed connection: 400 (malformed, smuggling attempts), 408 (head not
+//! received in time), 413 (body over the limit), 414 (request line too long), 431 (too many or
+//! too large header fields), 501 (unsupported transfer coding), 505 (HTTP version).
+//!
+//! # Shutting down
+//!
+//! [`Server::shutdown_handle`] gives a [`ShutdownHandle`]; triggering it stops accepting, lets the
+//! request in progress finish, closes idle keep-alive connections and makes
+//! [`Server::serve`] return.
+//!
+//! # Platform notes
+//!
+//! Unix only for now: the runners wait on `poll(2)` and a self-pipe.
+//!
+//! # Versioning and MSRV
+//!
+//! Semantic versioning; the minimum supported Rust version is in `Cargo.toml` (`rust-version`)
+//! and is raised only in minor releases, never together with other changes.
+
+#![deny(missing_docs, missing_debug_implementations, rust_2018_idioms, unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_errors_doc)]
+#![cfg_attr(test, deny(warnings))]
+#![doc(test(attr(deny(warnings))))]
+
+mod body;
+mod config;
+mod conn;
+pub mod debug;
+mod environ;
+mod error;
+mod handler;
+mod http;
+pub mod runner;
+mod server;
+mod shutdown;
+// The one place with `unsafe`: system calls, each block justified.
+#[allow(unsafe_code)]
+mod sys;
+
+pub use body::Body;
+pub use config::{
+    Config, ErrorLog, DEFAULT_BODY_TIMEOUT, DEFAULT_DRAIN_LIMIT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_BODY, DEFAULT_MAX_CHUNK_EXTENSION, DEFAULT_MAX_HEAD, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_FIELD,
+    DEFAULT_MAX_REQUESTS_PER_CONNECTION, DEFAULT_MAX_REQUEST_LINE, DEFAULT_MAX_TRAILER, DEFAULT_WRITE_TIMEOUT,
+    MAX_HEADERS_CEILING,
+};
+pub use environ::{Environ, ErrorStream, Extensions, Input, RunnerFlags};
+pub use error::{Error, ParseError, Result};
+pub use handler::{handler_fn, BoxError, Handler, Response, StartResponse, Started};
+pub use server::{Server, DEFAULT_BACKLOG};
+pub use shutdown::ShutdownHandle;

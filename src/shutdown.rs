@@ -1,0 +1,68 @@
+//! [`ShutdownHandle`]: asks a running server to stop, from any thread (or a signal handler).
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::sys::unix;
+
+/// Asks a [`Server`](crate::Server) to stop: it stops accepting, lets the request in progress
+/// finish, closes idle keep-alive connections and returns from `serve`.
+///
+/// Cheap to clone and `Send + Sync`. Triggering it writes one byte to a pipe that every waiting
+/// runner polls, so nothing sleeps or polls on a timer, and no self-connection is made. The pipe
+/// is never drained: once triggered, it stays readable for every waiter.
+///
+/// ```no_run
+/// # fn main() -> Result<(), sgi::Error> {
+/// let server = sgi::Server::bind("127.0.0.1:8000")?;
+/// let stop = server.shutdown_handle();
+/// std::thread::spawn(move || {
+///     std::thread::sleep(std::time::Duration::from_secs(60));
+///     stop.shutdown();
+/// });
+/// server.serve(sgi::handler_fn(|_env, sr| Ok(sr.start("200 OK", [("Content-Type", "text/plain")])?.body("bye"))))?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requested: AtomicBool,
+    wake_read: OwnedFd,
+    wake_write: OwnedFd,
+}
+
+impl fmt::Debug for ShutdownHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownHandle").field("requested", &self.is_requested()).finish()
+    }
+}
+
+impl ShutdownHandle {
+    pub(crate) fn new() -> io::Result<ShutdownHandle> {
+        let (wake_read, wake_write) = unix::pipe()?;
+        Ok(ShutdownHandle { inner: Arc::new(Inner { requested: AtomicBool::new(false), wake_read, wake_write }) })
+    }
+
+    /// Requests the shutdown. Idempotent.
+    pub fn shutdown(&self) {
+        if !self.inner.requested.swap(true, Ordering::SeqCst) {
+            unix::write_byte(&self.inner.wake_write);
+        }
+    }
+
+    /// Whether a shutdown was requested.
+    pub fn is_requested(&self) -> bool {
+        self.inner.requested.load(Ordering::SeqCst)
+    }
+
+    /// A descriptor that becomes readable, and stays so, once a shutdown is requested.
+    pub(crate) fn wake_fd(&self) -> RawFd {
+        self.inner.wake_read.as_raw_fd()
+    }
+}

@@ -1,0 +1,68 @@
+//! Thin, safe wrappers over the few Unix calls the crate needs, each `unsafe` block justified.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// Runs a libc call that returns -1 and sets `errno` on failure, as an `io::Result`.
+macro_rules! syscall {
+    ($call:expr) => {{
+        let result = $call;
+        if result == -1 {
+            Err(::std::io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    }};
+}
+
+/// A pipe whose ends are close-on-exec and non-blocking: `(read end, write end)`.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    syscall!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Writes one byte to a non-blocking pipe; a full pipe already wakes its reader, so `EAGAIN` is
+/// fine. Async-signal-safe: it is a single `write(2)`.
+pub(crate) fn write_byte(fd: &impl AsRawFd) {
+    let byte = 1u8;
+    loop {
+        // SAFETY: writes one byte from a live stack variable to an open descriptor.
+        let n = unsafe { libc::write(fd.as_raw_fd(), (&byte as *const u8).cast(), 1) };
+        if n == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return;
+    }
+}
+
+/// Waits until one of `fds` is readable (or hung up), or `timeout` passes. Returns the index of
+/// the first ready descriptor, `None` on timeout. Retries on `EINTR` with the time that is left.
+pub(crate) fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Option<usize>> {
+    let mut pollfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
+    assert!(fds.len() <= pollfds.len(), "wait_readable takes at most four descriptors");
+    for (p, &fd) in pollfds.iter_mut().zip(fds) {
+        *p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up, so a wait never ends a millisecond early and spins.
+                left.as_millis().min(i32::MAX as u128) as i32 + i32::from(left.subsec_nanos() % 1_000_000 != 0)
+            }
+        };
+        // SAFETY: `pollfds[..fds.len()]` is a valid, initialised array of pollfd structs.
+        match syscall!(unsafe { libc::poll(pollfds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) }) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(pollfds[..fds.len()].iter().position(|p| p.revents != 0)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
