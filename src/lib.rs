@@ -69,6 +69,8 @@ mod environ;
 mod error;
 mod handler;
 mod http;
+#[doc(hidden)]
+pub mod private;
 pub mod runner;
 mod server;
 mod shutdown;

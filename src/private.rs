@@ -1,0 +1,53 @@
+//! Entry points for the crate's own benchmarks and tests. Not part of the API: hidden from the
+//! documentation and free to change in any release.
+
+use crate::config::Config;
+use crate::environ::Vars;
+use crate::error::ParseError;
+use crate::http::parse::{self, ConnInfo, HeadScanner};
+
+/// Turns request heads into environ variables exactly as the connection driver does (head
+/// scan, then parse), into storage reused from one call to the next, as on a keep-alive
+/// connection.
+#[derive(Default)]
+pub struct HeadParser {
+    vars: Vars,
+    config: Config,
+    info: ConnInfo,
+}
+
+impl std::fmt::Debug for HeadParser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadParser").finish_non_exhaustive()
+    }
+}
+
+impl HeadParser {
+    /// A parser with the default configuration and a fixed connection (127.0.0.1:8000 from
+    /// 127.0.0.1:50000).
+    pub fn new() -> HeadParser {
+        let info = ConnInfo {
+            server_name: "127.0.0.1".into(),
+            server_port: "8000".into(),
+            remote_addr: "127.0.0.1".into(),
+            remote_port: "50000".into(),
+        };
+        HeadParser { info, ..HeadParser::default() }
+    }
+
+    /// Parses the head at the start of `buf`; returns its length and the number of variables.
+    ///
+    /// # Errors
+    /// What the connection driver would answer with; an incomplete head is
+    /// [`ParseError::Malformed`] here.
+    pub fn parse(&mut self, buf: &[u8]) -> Result<(usize, usize), ParseError> {
+        let len = HeadScanner::default().scan(buf, &self.config)?.ok_or(ParseError::Malformed)?;
+        parse::parse_head(&buf[..len], &self.config, &self.info, &mut self.vars)?;
+        Ok((len, self.vars.len()))
+    }
+
+    /// The value of a variable set by the last successful [`HeadParser::parse`].
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.vars.get(key.as_bytes())
+    }
+}
