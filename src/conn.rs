@@ -11,6 +11,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::body::Body;
@@ -83,26 +84,27 @@ pub(crate) struct ServeContext {
 }
 
 /// Serves one connection until it closes, times out, breaks, or the server shuts down.
-pub(crate) fn serve_connection<S: Transport>(stream: S, peer: Option<SocketAddr>, ctx: &ServeContext) {
-    let info = ConnInfo {
-        server_name: ctx.server_name.clone(),
-        server_port: ctx.server_port.clone(),
-        remote_addr: peer.map_or_else(|| "".into(), |p| p.ip().to_string().into()),
-        remote_port: peer.map_or_else(|| "".into(), |p| p.port().to_string().into()),
-    };
-    let _ = stream.set_write_timeout(ctx.config.write_timeout);
-    let mut conn = Conn {
-        stream,
-        ctx,
-        peer,
-        info,
-        rbuf: ReadBuf::default(),
-        out: Vec::with_capacity(1024),
-        vars: Vars::default(),
-        head: ResponseHead::default(),
-        read_timeout: None,
-    };
-    conn.run();
+pub(crate) fn serve_connection<S: Transport>(stream: S, peer: Option<SocketAddr>, ctx: &Arc<ServeContext>) {
+    Conn::new(stream, peer, Arc::clone(ctx)).serve(Mode::Blocking);
+}
+
+/// How [`Conn::serve`] gets its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Wait on the socket for each request (serial, thread-per-connection and fork runners).
+    Blocking,
+    /// Serve only the requests whose heads are already in the buffer, then hand the connection
+    /// back (the pool runner parks it in its poller until more bytes come).
+    Buffered,
+}
+
+/// What became of a connection after [`Conn::serve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// Still open, with no complete request in the buffer: wait for the socket to be readable.
+    Park,
+    /// Closed (or to be dropped).
+    Closed,
 }
 
 /// A read buffer: `data[start..end]` holds bytes received and not yet consumed.
@@ -274,9 +276,12 @@ fn write_all_vectored(stream: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> 
     Ok(())
 }
 
-struct Conn<'a, S> {
+/// One client connection: its socket, its buffers (reused from request to request), and where
+/// it stands between requests. `Send`, so the pool runner can move it between its poller and
+/// its workers.
+pub(crate) struct Conn<S> {
     stream: S,
-    ctx: &'a ServeContext,
+    ctx: Arc<ServeContext>,
     peer: Option<SocketAddr>,
     info: ConnInfo,
     rbuf: ReadBuf,
@@ -284,53 +289,128 @@ struct Conn<'a, S> {
     vars: Vars,
     head: ResponseHead,
     read_timeout: Option<Option<Duration>>,
+    /// Where the search for the end of the next head stands.
+    scanner: HeadScanner,
+    /// When the first byte of the next head came.
+    head_started: Option<Instant>,
+    served: usize,
 }
 
-impl<S: Transport> Conn<'_, S> {
-    fn run(&mut self) {
-        let config = &self.ctx.config;
-        for served in 0..config.max_requests_per_connection {
-            let len = match self.read_head(served == 0) {
-                Ok(Some(len)) => len,
-                Ok(None) => return,
-                Err(e) => return self.fail(e),
-            };
-            let req = match parse::parse_head(&self.rbuf.filled()[..len], config, &self.info, &mut self.vars) {
-                Ok(req) => req,
-                Err(e) => return self.fail(e),
-            };
-            self.rbuf.consume(len);
-            let last = served + 1 == config.max_requests_per_connection || self.ctx.shutdown.is_requested();
-            match self.exchange(req, last) {
-                After::KeepAlive => {}
-                After::Close => return,
-                After::Linger => return self.linger(),
-            }
+impl<S: Transport> Conn<S> {
+    pub(crate) fn new(stream: S, peer: Option<SocketAddr>, ctx: Arc<ServeContext>) -> Conn<S> {
+        let info = ConnInfo {
+            server_name: ctx.server_name.clone(),
+            server_port: ctx.server_port.clone(),
+            remote_addr: peer.map_or_else(|| "".into(), |p| p.ip().to_string().into()),
+            remote_port: peer.map_or_else(|| "".into(), |p| p.port().to_string().into()),
+        };
+        let _ = stream.set_write_timeout(ctx.config.write_timeout);
+        Conn {
+            stream,
+            ctx,
+            peer,
+            info,
+            rbuf: ReadBuf::default(),
+            out: Vec::with_capacity(1024),
+            vars: Vars::default(),
+            head: ResponseHead::default(),
+            read_timeout: None,
+            scanner: HeadScanner::default(),
+            head_started: None,
+            served: 0,
         }
     }
 
-    /// Waits for and reads a whole head; returns its length in the buffer, `None` when the
-    /// connection should just close (client gone, idle timeout, shutdown).
-    fn read_head(&mut self, first: bool) -> Result<Option<usize>, ParseError> {
-        let config = &self.ctx.config;
-        let mut scanner = HeadScanner::default();
-        let mut started: Option<Instant> = None;
-        loop {
-            let skip = parse::leading_empty_lines(self.rbuf.filled());
-            if skip > 0 {
-                self.rbuf.consume(skip);
-                scanner = HeadScanner::default();
-                started.get_or_insert_with(Instant::now);
-            }
-            if !self.rbuf.filled().is_empty() {
-                started.get_or_insert_with(Instant::now);
-                if let Some(len) = scanner.scan(self.rbuf.filled(), config)? {
-                    return Ok(Some(len));
+    pub(crate) fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// Serves requests until the connection closes ([`Mode::Blocking`]), or until no complete
+    /// head is left in the buffer ([`Mode::Buffered`]).
+    pub(crate) fn serve(&mut self, mode: Mode) -> Served {
+        let max = self.ctx.config.max_requests_per_connection;
+        while self.served < max {
+            let len = match self.next_head(mode) {
+                Ok(Some(len)) => len,
+                Ok(None) if mode == Mode::Buffered && !self.ctx.shutdown.is_requested() => return Served::Park,
+                Ok(None) => return Served::Closed,
+                Err(e) => {
+                    self.fail(e);
+                    return Served::Closed;
+                }
+            };
+            let parsed = parse::parse_head(&self.rbuf.filled()[..len], &self.ctx.config, &self.info, &mut self.vars);
+            let req = match parsed {
+                Ok(req) => req,
+                Err(e) => {
+                    self.fail(e);
+                    return Served::Closed;
+                }
+            };
+            self.rbuf.consume(len);
+            self.head_started = None;
+            self.served += 1;
+            let last = self.served == max || self.ctx.shutdown.is_requested();
+            match self.exchange(req, last) {
+                After::KeepAlive => {}
+                After::Close => return Served::Closed,
+                After::Linger => {
+                    self.linger();
+                    return Served::Closed;
                 }
             }
-            let timeout = match started {
+        }
+        Served::Closed
+    }
+
+    /// Looks for a complete head in the buffer, without reading. Also what a poller calls after
+    /// each read it does for a parked connection.
+    pub(crate) fn buffered_head(&mut self) -> Result<Option<usize>, ParseError> {
+        let skip = parse::leading_empty_lines(self.rbuf.filled());
+        if skip > 0 {
+            self.rbuf.consume(skip);
+            self.scanner = HeadScanner::default();
+            self.head_started.get_or_insert_with(Instant::now);
+        }
+        if self.rbuf.filled().is_empty() {
+            return Ok(None);
+        }
+        self.head_started.get_or_insert_with(Instant::now);
+        self.scanner.scan(self.rbuf.filled(), &self.ctx.config)
+    }
+
+    /// When the head being received must be complete, if one has begun.
+    pub(crate) fn head_deadline(&self) -> Option<Instant> {
+        Some(self.head_started? + self.ctx.config.header_timeout?)
+    }
+
+    /// Reads what the (non-blocking) socket has, for a poller. `Ok(0)` is end of stream.
+    pub(crate) fn read_available(&mut self) -> io::Result<usize> {
+        self.rbuf.fill_from(&mut self.stream)
+    }
+
+    /// Answers a request that could not be accepted, and closes: for a poller that found the
+    /// error (timeout, bad head) and handed the connection to a worker to answer it.
+    pub(crate) fn reject(&mut self, error: ParseError) {
+        self.fail(error);
+    }
+
+    /// The next complete head: from the buffer, or (blocking mode) read from the socket.
+    /// `None` when the connection should close quietly (client gone, idle timeout, shutdown), or
+    /// in buffered mode when no complete head is buffered.
+    fn next_head(&mut self, mode: Mode) -> Result<Option<usize>, ParseError> {
+        let ctx = Arc::clone(&self.ctx);
+        let config = &ctx.config;
+        loop {
+            if let Some(len) = self.buffered_head()? {
+                return Ok(Some(len));
+            }
+            if mode == Mode::Buffered {
+                return Ok(None);
+            }
+            let timeout = match self.head_started {
                 None => {
-                    if !first && self.ctx.shutdown.is_requested() {
+                    if self.served > 0 && self.ctx.shutdown.is_requested() {
                         return Ok(None);
                     }
                     if !self.wait_for_request() {
@@ -351,7 +431,7 @@ impl<S: Transport> Conn<'_, S> {
             match self.rbuf.fill_from(&mut self.stream) {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
-                Err(e) if is_timeout(&e) && started.is_some() => return Err(ParseError::Timeout),
+                Err(e) if is_timeout(&e) && self.head_started.is_some() => return Err(ParseError::Timeout),
                 Err(_) => return Ok(None),
             }
         }
@@ -366,7 +446,7 @@ impl<S: Transport> Conn<'_, S> {
 
     /// Runs the handler for one parsed request and writes its response.
     fn exchange(&mut self, req: RequestHead, last: bool) -> After {
-        let ctx = self.ctx;
+        let ctx = Arc::clone(&self.ctx);
         let config = &ctx.config;
         let decoder = match req.framing {
             Framing::Empty => Decoder::length(0),
