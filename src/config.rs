@@ -31,6 +31,8 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`Config::write_timeout`]: 30 s without progress while writing a response.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`Config::graceful_timeout`]: 30 s, like gunicorn's `graceful_timeout`.
+pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`Config::max_requests_per_connection`]: 1000, like nginx's `keepalive_requests`.
 pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: usize = 1000;
 
@@ -65,6 +67,7 @@ pub struct Config {
     pub(crate) body_timeout: Option<Duration>,
     pub(crate) write_timeout: Option<Duration>,
     pub(crate) max_requests_per_connection: usize,
+    pub(crate) graceful_timeout: Duration,
     pub(crate) server_header: Option<Box<str>>,
     pub(crate) script_name: Box<str>,
     pub(crate) url_scheme: Box<str>,
@@ -88,6 +91,7 @@ impl Default for Config {
             body_timeout: Some(DEFAULT_BODY_TIMEOUT),
             write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
             max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+            graceful_timeout: DEFAULT_GRACEFUL_TIMEOUT,
             server_header: Some("sgi".into()),
             script_name: "".into(),
             url_scheme: "http".into(),
@@ -113,6 +117,7 @@ impl fmt::Debug for Config {
             .field("body_timeout", &self.body_timeout)
             .field("write_timeout", &self.write_timeout)
             .field("max_requests_per_connection", &self.max_requests_per_connection)
+            .field("graceful_timeout", &self.graceful_timeout)
             .field("server_header", &self.server_header)
             .field("script_name", &self.script_name)
             .field("url_scheme", &self.url_scheme)
@@ -219,6 +224,13 @@ impl Config {
     /// `Connection: close`). Default: [`DEFAULT_MAX_REQUESTS_PER_CONNECTION`] (1000).
     pub fn max_requests_per_connection(mut self, count: usize) -> Config {
         self.max_requests_per_connection = count.max(1);
+        self
+    }
+
+    /// How long a shutdown waits for requests in progress before it gives up on them (threads
+    /// are abandoned, fork children killed). Default: [`DEFAULT_GRACEFUL_TIMEOUT`] (30 s).
+    pub fn graceful_timeout(mut self, timeout: Duration) -> Config {
+        self.graceful_timeout = timeout;
         self
     }
 

@@ -1,6 +1,7 @@
 //! [`Server`]: binds a listener, takes a configuration, a runner and a handler, and serves.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -9,8 +10,9 @@ use crate::config::Config;
 use crate::conn::ServeContext;
 use crate::error::{Error, Result};
 use crate::handler::Handler;
+use crate::net::Listener;
 use crate::runner::private::Serving;
-use crate::runner::{Runner, Serial};
+use crate::runner::{Runner, ThreadPool};
 use crate::shutdown::ShutdownHandle;
 
 /// Default listen backlog: connections the kernel queues while every runner slot is busy.
@@ -29,16 +31,17 @@ pub const DEFAULT_BACKLOG: i32 = 1024;
 /// # }
 /// ```
 pub struct Server {
-    listener: TcpListener,
+    listener: Listener,
     config: Config,
     runner: Box<dyn Runner>,
     shutdown: ShutdownHandle,
+    handle_signals: bool,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.listener.local_addr().ok())
+            .field("listener", &self.listener)
             .field("runner", &self.runner.name())
             .field("config", &self.config)
             .finish()
@@ -72,19 +75,57 @@ impl Server {
         Err(Error::Io(last.unwrap_or_else(|| std::io::Error::other("address resolved to nothing"))))
     }
 
+    /// Binds a Unix domain socket at `path` (for running behind nginx and the like). A stale
+    /// socket file at `path` is replaced; the file is removed when the server ends.
+    ///
+    /// # Errors
+    /// The operating system's: the directory does not exist, permission denied, or a file that
+    /// is not a socket is in the way.
+    pub fn bind_unix(path: impl AsRef<Path>) -> Result<Server> {
+        Server::with_listener(Listener::bind_unix(path.as_ref())?)
+    }
+
+    /// Binds what a command line gives: `unix:/path/to/socket`, or `host:port` for TCP
+    /// (`127.0.0.1:8000`, `[::1]:8000`, `localhost:8000`).
+    ///
+    /// # Errors
+    /// As [`Server::bind`] and [`Server::bind_unix`].
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), sgi::Error> {
+    /// let server = sgi::Server::listen("unix:/run/app.sock")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn listen(spec: &str) -> Result<Server> {
+        match spec.strip_prefix("unix:") {
+            Some(path) => Server::bind_unix(path),
+            None => Server::bind(spec),
+        }
+    }
+
     /// Serves on a listener bound elsewhere (systemd socket activation, tests, `SO_REUSEPORT`
     /// setups).
     ///
     /// # Errors
     /// Creating the shutdown pipe can fail when the process is out of file descriptors.
     pub fn from_listener(listener: TcpListener) -> Result<Server> {
-        Ok(Server { listener, config: Config::default(), runner: Box::new(Serial), shutdown: ShutdownHandle::new()? })
+        Server::with_listener(Listener::Tcp(listener))
     }
 
-    /// The address the listener is bound to.
+    fn with_listener(listener: Listener) -> Result<Server> {
+        Ok(Server {
+            listener,
+            config: Config::default(),
+            runner: Box::new(ThreadPool::default()),
+            shutdown: ShutdownHandle::new()?,
+            handle_signals: true,
+        })
+    }
+
+    /// The TCP address the listener is bound to.
     ///
     /// # Errors
-    /// The operating system's, if the socket cannot tell.
+    /// The operating system's, if the socket cannot tell, or `Unsupported` for a Unix socket.
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
     }
@@ -95,7 +136,7 @@ impl Server {
         self
     }
 
-    /// Sets the runner. Default: [`Serial`].
+    /// Sets the runner. Default: [`ThreadPool::default`].
     pub fn runner(mut self, runner: impl Runner) -> Server {
         self.runner = Box::new(runner);
         self
@@ -106,20 +147,29 @@ impl Server {
         self.shutdown.clone()
     }
 
+    /// Whether `serve` routes SIGTERM and SIGINT to the shutdown handle while it runs: the first
+    /// one starts a graceful shutdown, a second SIGINT ends the process at once. Only one server
+    /// per process should handle signals. Default: `true`.
+    pub fn handle_signals(mut self, handle: bool) -> Server {
+        self.handle_signals = handle;
+        self
+    }
+
     /// Serves `handler` until the shutdown handle is triggered, then returns.
     ///
     /// # Errors
     /// A fatal error of the listener (not of one connection: those are logged and survived), or
     /// a runner that cannot start.
     pub fn serve(self, handler: impl Handler) -> Result<()> {
-        let local = self.listener.local_addr()?;
+        let (server_name, server_port) = self.listener.server_name_and_port()?;
+        let _signals = if self.handle_signals { Some(self.shutdown.handle_signals()?) } else { None };
         let ctx = ServeContext {
             flags: self.runner.flags(),
             config: self.config,
             handler: Box::new(handler),
             shutdown: self.shutdown,
-            server_name: local.ip().to_string().into(),
-            server_port: local.port().to_string().into(),
+            server_name: server_name.into(),
+            server_port: server_port.into(),
         };
         self.runner.run(Serving { listener: self.listener, ctx: Arc::new(ctx) })
     }

@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::sys::unix;
+use crate::sys::unix::{self, signal};
 
 /// Asks a [`Server`](crate::Server) to stop: it stops accepting, lets the request in progress
 /// finish, closes idle keep-alive connections and returns from `serve`.
@@ -33,6 +33,8 @@ pub struct ShutdownHandle {
 
 struct Inner {
     requested: AtomicBool,
+    /// Whether SIGTERM / SIGINT are routed to this handle.
+    signals: AtomicBool,
     wake_read: OwnedFd,
     wake_write: OwnedFd,
 }
@@ -46,7 +48,14 @@ impl fmt::Debug for ShutdownHandle {
 impl ShutdownHandle {
     pub(crate) fn new() -> io::Result<ShutdownHandle> {
         let (wake_read, wake_write) = unix::pipe()?;
-        Ok(ShutdownHandle { inner: Arc::new(Inner { requested: AtomicBool::new(false), wake_read, wake_write }) })
+        Ok(ShutdownHandle {
+            inner: Arc::new(Inner {
+                requested: AtomicBool::new(false),
+                signals: AtomicBool::new(false),
+                wake_read,
+                wake_write,
+            }),
+        })
     }
 
     /// Requests the shutdown. Idempotent.
@@ -56,13 +65,34 @@ impl ShutdownHandle {
         }
     }
 
-    /// Whether a shutdown was requested.
+    /// Whether a shutdown was requested (through this handle, or by SIGTERM / SIGINT when the
+    /// server handles signals).
     pub fn is_requested(&self) -> bool {
         self.inner.requested.load(Ordering::SeqCst)
+            || self.inner.signals.load(Ordering::Relaxed) && signal::stop_requested()
+    }
+
+    /// Routes SIGTERM and SIGINT to this handle until the guard is dropped.
+    pub(crate) fn handle_signals(&self) -> io::Result<SignalGuard> {
+        signal::handle_stop_signals(self.inner.wake_write.as_raw_fd())?;
+        self.inner.signals.store(true, Ordering::SeqCst);
+        Ok(SignalGuard { handle: self.clone() })
     }
 
     /// A descriptor that becomes readable, and stays so, once a shutdown is requested.
     pub(crate) fn wake_fd(&self) -> RawFd {
         self.inner.wake_read.as_raw_fd()
+    }
+}
+
+/// Gives SIGTERM and SIGINT their default actions back when dropped.
+pub(crate) struct SignalGuard {
+    handle: ShutdownHandle,
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        signal::restore_stop_signals();
+        self.handle.inner.signals.store(false, Ordering::SeqCst);
     }
 }

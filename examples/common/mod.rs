@@ -8,11 +8,11 @@ pub struct Options {
     pub runner: Box<dyn sgi::runner::Runner>,
 }
 
-/// Parses `--bind ADDR --runner NAME --workers N` (defaults: 127.0.0.1:8000, serial, 4); exits
+/// Parses `--bind ADDR --runner NAME --workers N` (defaults: 127.0.0.1:8000, pool, 4); exits
 /// with a usage message on anything else.
 pub fn options(example: &str) -> Options {
     let mut bind = "127.0.0.1:8000".to_string();
-    let mut runner = "serial".to_string();
+    let mut runner = "pool".to_string();
     let mut workers = 4usize;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -46,7 +46,7 @@ fn usage(example: &str, problem: &str) -> ! {
 #[allow(dead_code)]
 pub fn serve(example: &str, handler: impl sgi::Handler) {
     let options = options(example);
-    let server = sgi::Server::bind(options.bind.as_str()).unwrap_or_else(|e| {
+    let server = sgi::Server::listen(&options.bind).unwrap_or_else(|e| {
         eprintln!(
             "error: cannot listen on {}: {e} ({})",
             options.bind,
@@ -54,8 +54,11 @@ pub fn serve(example: &str, handler: impl sgi::Handler) {
         );
         exit(1)
     });
-    let addr = server.local_addr().expect("bound listener has an address");
-    println!("{example}: serving on http://{addr}/ with the {} runner", options.runner.name());
+    let url = match server.local_addr() {
+        Ok(addr) => format!("http://{addr}/"),
+        Err(_) => options.bind.clone(),
+    };
+    println!("{example}: serving on {url} with the {} runner", options.runner.name());
     if let Err(e) = server.runner(options.runner).serve(handler) {
         eprintln!("error: {e}");
         exit(1);

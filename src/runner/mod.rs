@@ -1,15 +1,21 @@
 //! Runners: how connections are scheduled. Every runner hands its connections to the same
 //! connection driver, so they differ in concurrency only, never in how HTTP is parsed or written.
 
+mod fork;
+mod pool;
 mod serial;
+mod threaded;
 
+pub use fork::{Forking, DEFAULT_MAX_CHILDREN};
+pub use pool::{ThreadPool, DEFAULT_MAX_CONNECTIONS, DEFAULT_WORKERS};
 pub use serial::Serial;
+pub use threaded::Threaded;
 
 use crate::environ::RunnerFlags;
 use crate::error::{Error, Result};
 
 /// The names [`by_name`] knows, in the order the documentation presents them.
-pub const NAMES: &[&str] = &["serial"];
+pub const NAMES: &[&str] = &["serial", "threads", "pool", "fork"];
 
 /// A way of scheduling connections, given to [`Server::runner`](crate::Server::runner).
 ///
@@ -42,7 +48,8 @@ impl Runner for Box<dyn Runner> {
 impl private::Sealed for Box<dyn Runner> {}
 
 /// Makes a runner from its name, for `--runner NAME` command lines. `workers` is the runner's
-/// concurrency knob where it has one (ignored by `serial`).
+/// concurrency knob: pool threads for `pool`, the maximum of live connections for `threads` and of
+/// live children for `fork`; `serial` ignores it.
 ///
 /// # Errors
 /// [`Error::UnknownRunner`] for a name not in [`NAMES`].
@@ -54,9 +61,11 @@ impl private::Sealed for Box<dyn Runner> {}
 /// # Ok::<(), sgi::Error>(())
 /// ```
 pub fn by_name(name: &str, workers: usize) -> Result<Box<dyn Runner>> {
-    let _ = workers;
     match name {
         "serial" => Ok(Box::new(Serial)),
+        "threads" => Ok(Box::new(Threaded::new(workers))),
+        "pool" => Ok(Box::new(ThreadPool::new(workers))),
+        "fork" => Ok(Box::new(Forking::new(workers))),
         other => Err(Error::UnknownRunner(other.into())),
     }
 }
@@ -84,16 +93,16 @@ pub(crate) fn accept_error(ctx: &crate::conn::ServeContext, e: std::io::Error) -
 }
 
 pub(crate) mod private {
-    use std::net::TcpListener;
     use std::sync::Arc;
 
     use crate::conn::ServeContext;
+    use crate::net::Listener;
 
     pub trait Sealed {}
 
     /// Everything a runner needs to serve: the listener and the shared connection context.
     pub struct Serving {
-        pub(crate) listener: TcpListener,
+        pub(crate) listener: Listener,
         pub(crate) ctx: Arc<ServeContext>,
     }
 

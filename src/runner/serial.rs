@@ -47,14 +47,7 @@ impl Runner for Serial {
                 return Ok(());
             }
             match listener.accept() {
-                Ok((stream, peer)) => {
-                    // Some systems hand out accepted sockets with the listener's O_NONBLOCK.
-                    if stream.set_nonblocking(false).is_err() {
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    serve_connection(stream, Some(peer), &ctx);
-                }
+                Ok((stream, peer)) => serve_connection(stream, peer, &ctx),
                 Err(e) => super::accept_error(&ctx, e)?,
             }
         }

@@ -4,16 +4,19 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-/// Runs a libc call that returns -1 and sets `errno` on failure, as an `io::Result`.
-macro_rules! syscall {
-    ($call:expr) => {{
-        let result = $call;
-        if result == -1 {
-            Err(::std::io::Error::last_os_error())
-        } else {
-            Ok(result)
-        }
-    }};
+#[macro_use]
+mod macros {
+    /// Runs a libc call that returns -1 and sets `errno` on failure, as an `io::Result`.
+    macro_rules! syscall {
+        ($call:expr) => {{
+            let result = $call;
+            if result == -1 {
+                Err(::std::io::Error::last_os_error())
+            } else {
+                Ok(result)
+            }
+        }};
+    }
 }
 
 /// A pipe whose ends are close-on-exec and non-blocking: `(read end, write end)`.
@@ -65,4 +68,51 @@ pub(crate) fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Res
             Err(e) => return Err(e),
         }
     }
+}
+
+pub(crate) mod process;
+pub(crate) mod signal;
+
+/// A non-blocking pipe that wakes a poller: `notify` from any thread (or a signal handler),
+/// `drain` in the poller before looking at why it woke.
+#[derive(Debug)]
+pub(crate) struct WakePipe {
+    read: std::fs::File,
+    write: OwnedFd,
+}
+
+impl WakePipe {
+    pub(crate) fn new() -> io::Result<WakePipe> {
+        let (read, write) = pipe()?;
+        Ok(WakePipe { read: read.into(), write })
+    }
+
+    pub(crate) fn notify(&self) {
+        write_byte(&self.write);
+    }
+
+    pub(crate) fn drain(&self) {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        while let Ok(n) = (&self.read).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    pub(crate) fn read_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    pub(crate) fn write_fd(&self) -> RawFd {
+        self.write.as_raw_fd()
+    }
+}
+
+/// Closes a descriptor in a forked child that will `_exit` before its owner could run `Drop`.
+pub(crate) fn close_in_child(fd: RawFd) {
+    // SAFETY: only called in a child that never returns to the code owning `fd`: the owner's
+    // destructor never runs, so the descriptor is closed exactly once.
+    unsafe { libc::close(fd) };
 }
