@@ -452,7 +452,8 @@ impl<S: Transport> Conn<S> {
         };
         // A body that broke its framing leaves the connection unusable; a body never asked for
         // with `100-continue` may never come.
-        let keep_alive = req.keep_alive && !last && error.is_none() && !(continue_pending && !decoder.is_done());
+        let body_never_asked_for = continue_pending && !decoder.is_done();
+        let keep_alive = req.keep_alive && !last && error.is_none() && !body_never_asked_for;
         let info = RequestInfo { is_head: req.is_head, http10: req.http10 };
         match self.write_response(response, info, keep_alive) {
             After::KeepAlive if !decoder.is_done() => self.drain(&mut decoder),
@@ -481,7 +482,7 @@ impl<S: Transport> Conn<S> {
         let mut written: u64 = 0;
         loop {
             let chunk = match pull(&mut body) {
-                Pull::Chunk(c) if c.is_empty() => continue,
+                Pull::Chunk([]) => continue,
                 Pull::Chunk(c) => c,
                 Pull::End => {
                     if !head_sent {

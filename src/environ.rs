@@ -147,7 +147,7 @@ pub struct RunnerFlags {
 /// middleware attaches for the handlers it wraps.
 ///
 /// ```
-/// use sgi::{handler_fn, Response};
+/// use sgi::handler_fn;
 /// let app = handler_fn(|env, start_response| {
 ///     let greeting = format!("{} {}", env.method(), env.get("PATH_INFO").unwrap_or("?"));
 ///     Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body(greeting))
@@ -404,6 +404,8 @@ impl Drop for ErrorStream<'_> {
 /// ```
 #[derive(Default)]
 pub struct Extensions {
+    // Boxed: most requests carry no extension, and an empty box keeps the environ small.
+    #[allow(clippy::box_collection)]
     map: Option<Box<HashMap<TypeId, Box<dyn Any + Send + Sync>>>>,
 }
 

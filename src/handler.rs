@@ -129,10 +129,12 @@ impl<'r> StartResponse<'r> {
     /// `Transfer-Encoding`, `TE`, `Trailer`, `Upgrade` and `Proxy-*`, which only the server sets.
     ///
     /// ```
-    /// # fn app(_: &mut sgi::Environ<'_>, start_response: sgi::StartResponse<'_>) -> Result<sgi::Response, sgi::BoxError> {
-    /// let started = start_response.start("404 Not Found", [("Content-Type", "text/plain")])?;
-    /// Ok(started.body("no such page\n"))
-    /// # }
+    /// fn app(_: &mut sgi::Environ<'_>, start_response: sgi::StartResponse<'_>) -> Result<sgi::Response, sgi::BoxError> {
+    ///     let started = start_response.start("404 Not Found", [("Content-Type", "text/plain")])?;
+    ///     Ok(started.body("no such page\n"))
+    /// }
+    /// # fn takes(_: impl sgi::Handler) {}
+    /// takes(app);
     /// ```
     pub fn start<I, K, V>(self, status: &str, headers: I) -> Result<Started, Error>
     where

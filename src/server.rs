@@ -91,9 +91,15 @@ impl Server {
     /// # Errors
     /// As [`Server::bind`] and [`Server::bind_unix`].
     ///
-    /// ```no_run
+    /// ```
     /// # fn main() -> Result<(), sgi::Error> {
-    /// let server = sgi::Server::listen("unix:/run/app.sock")?;
+    /// let tcp = sgi::Server::listen("127.0.0.1:0")?;
+    /// assert!(tcp.local_addr()?.port() > 0);
+    /// let path = std::env::temp_dir().join(format!("sgi-doc-{}.sock", std::process::id()));
+    /// let unix = sgi::Server::listen(&format!("unix:{}", path.display()))?;
+    /// assert!(path.exists());
+    /// drop(unix); // the socket file goes with the server
+    /// assert!(!path.exists());
     /// # Ok(()) }
     /// ```
     pub fn listen(spec: &str) -> Result<Server> {

@@ -116,6 +116,8 @@ pub(crate) fn leading_empty_lines(buf: &[u8]) -> usize {
     n
 }
 
+/// One match arm per header field of interest reads like RFC 9112, hence the allow.
+#[allow(clippy::collapsible_match)]
 /// Parses a complete head `buf[..len]` (as found by [`HeadScanner`]) into `vars` and returns the
 /// framing facts. `vars` is cleared first; its capacity is reused.
 pub(crate) fn parse_head(
@@ -411,10 +413,11 @@ fn map_httparse_error(e: httparse::Error, buf: &[u8]) -> ParseError {
         httparse::Error::Token => ParseError::Malformed,
         httparse::Error::Version => {
             // A well-formed `HTTP/x.y` other than 1.0 and 1.1 is a version we do not speak (505);
-            // anything else in that place is garbage (400).
+            // anything else in that place is garbage (400). The version is all that follows the
+            // second space: `GET /a b HTTP/1.1` has a space in its target, not a bad version.
             let line_end = buf.iter().position(|&b| b == b'\r').unwrap_or(buf.len());
             let line = &buf[..line_end];
-            let version = line.rsplit(|&b| b == b' ').next().unwrap_or(b"");
+            let version = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or(b"");
             let well_formed = version.len() == 8
                 && version.starts_with(b"HTTP/")
                 && version[5].is_ascii_digit()

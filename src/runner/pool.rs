@@ -97,6 +97,8 @@ struct Parked {
 struct Shared {
     ctx: Arc<ServeContext>,
     jobs: Mutex<Receiver<Job>>,
+    // Boxed so that handing a connection between threads moves a pointer, not its buffers' headers.
+    #[allow(clippy::vec_box)]
     returned: Mutex<Vec<Box<Conn<Stream>>>>,
     waker: Waker,
     /// Open connections: parked, queued or with a worker.
