@@ -599,10 +599,15 @@ impl<S: Transport> Conn<S> {
         After::Linger
     }
 
-    /// Answers a request that could not be accepted, and closes.
+    /// Answers a request that could not be accepted, and closes. A client that timed out is
+    /// not waited for: lingering on it would hand a slow client the time it was refused.
     fn fail(&mut self, error: ParseError) {
         self.respond_error(error.status(), Some(error));
-        self.linger();
+        if error == ParseError::Timeout {
+            self.stream.shutdown_write();
+        } else {
+            self.linger();
+        }
     }
 
     /// Closes our side, then reads and discards for a bounded time, so that the client gets the
