@@ -161,9 +161,11 @@ impl Runner for ThreadPool {
             next_sweep: None,
         };
         let result = poller.run();
-        // Graceful stop: idle connections were dropped; queued requests still go to the workers,
-        // which finish them and exit when the queue closes.
-        let Poller { backlog, jobs, .. } = poller;
+        // Graceful stop: stop listening and close idle connections now; queued requests still go
+        // to the workers, which finish them and exit when the queue closes.
+        let Poller { backlog, jobs, listener, parked, .. } = poller;
+        drop(listener);
+        drop(parked);
         for job in backlog {
             let _ = jobs.send(job);
         }
