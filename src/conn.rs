@@ -453,7 +453,11 @@ impl<S: Transport> Conn<S> {
         // A body that broke its framing leaves the connection unusable; a body never asked for
         // with `100-continue` may never come.
         let body_never_asked_for = continue_pending && !decoder.is_done();
-        let keep_alive = req.keep_alive && !last && error.is_none() && !body_never_asked_for;
+        // Known before the head goes out, so the response can say `Connection: close`: a body
+        // remainder too long to drain, or a shutdown requested while the handler ran.
+        let too_long_to_drain = decoder.remaining_length().is_some_and(|left| left > config.drain_limit);
+        let last = last || ctx.shutdown.is_requested();
+        let keep_alive = req.keep_alive && !last && error.is_none() && !body_never_asked_for && !too_long_to_drain;
         let info = RequestInfo { is_head: req.is_head, http10: req.http10 };
         match self.write_response(response, info, keep_alive) {
             After::KeepAlive if !decoder.is_done() => self.drain(&mut decoder),

@@ -5,3 +5,5 @@ pub(crate) mod date;
 pub(crate) mod decode;
 pub(crate) mod encode;
 pub(crate) mod parse;
+#[cfg(test)]
+mod props;
