@@ -262,6 +262,8 @@ pub(crate) struct Conn<S> {
     scanner: HeadScanner,
     /// When the first byte of the next head came.
     head_started: Option<Instant>,
+    /// A head parsed (into `vars`) and not yet served.
+    ready: Option<RequestHead>,
     served: usize,
 }
 
@@ -286,6 +288,7 @@ impl<S: Transport> Conn<S> {
             read_timeout: None,
             scanner: HeadScanner::default(),
             head_started: None,
+            ready: None,
             served: 0,
         }
     }
@@ -299,8 +302,8 @@ impl<S: Transport> Conn<S> {
     pub(crate) fn serve(&mut self, mode: Mode) -> Served {
         let max = self.ctx.config.max_requests_per_connection;
         while self.served < max {
-            let len = match self.next_head(mode) {
-                Ok(Some(len)) => len,
+            let req = match self.next_head(mode) {
+                Ok(Some(req)) => req,
                 Ok(None) if mode == Mode::Buffered && !self.ctx.shutdown.is_requested() => return Served::Park,
                 Ok(None) => return Served::Closed,
                 Err(e) => {
@@ -308,16 +311,6 @@ impl<S: Transport> Conn<S> {
                     return Served::Closed;
                 }
             };
-            let parsed = parse::parse_head(&self.rbuf.filled()[..len], &self.ctx.config, &self.info, &mut self.vars);
-            let req = match parsed {
-                Ok(req) => req,
-                Err(e) => {
-                    self.fail(e);
-                    return Served::Closed;
-                }
-            };
-            self.rbuf.consume(len);
-            self.head_started = None;
             self.served += 1;
             let last = self.served == max || self.ctx.shutdown.is_requested();
             match self.exchange(req, last) {
@@ -332,20 +325,39 @@ impl<S: Transport> Conn<S> {
         Served::Closed
     }
 
-    /// Looks for a complete head in the buffer, without reading. Also what a poller calls after
-    /// each read it does for a parked connection.
-    pub(crate) fn buffered_head(&mut self) -> Result<Option<usize>, ParseError> {
+    /// Whether a complete head is buffered, parsing it if so (without reading). Also what a
+    /// poller calls after each read it does for a parked connection.
+    pub(crate) fn poll_head(&mut self) -> Result<bool, ParseError> {
+        if self.ready.is_some() {
+            return Ok(true);
+        }
         let skip = parse::leading_empty_lines(self.rbuf.filled());
         if skip > 0 {
             self.rbuf.consume(skip);
             self.scanner = HeadScanner::default();
             self.head_started.get_or_insert_with(Instant::now);
         }
-        if self.rbuf.filled().is_empty() {
-            return Ok(None);
+        let buf = self.rbuf.filled();
+        if buf.is_empty() {
+            return Ok(false);
         }
         self.head_started.get_or_insert_with(Instant::now);
-        self.scanner.scan(self.rbuf.filled(), &self.ctx.config)
+        let config = &self.ctx.config;
+        let mut parsed = None;
+        if self.scanner.is_fresh() {
+            parsed = parse::try_parse_head(buf, config, &self.info, &mut self.vars)?;
+        }
+        if parsed.is_none() {
+            // In pieces: find the end first, so each byte is scanned once however it trickles in.
+            let Some(len) = self.scanner.scan(buf, config)? else { return Ok(false) };
+            parsed = Some(parse::parse_head(&buf[..len], config, &self.info, &mut self.vars)?);
+        }
+        let req = parsed.expect("parsed on one path or the other");
+        self.rbuf.consume(req.len);
+        self.scanner = HeadScanner::default();
+        self.head_started = None;
+        self.ready = Some(req);
+        Ok(true)
     }
 
     /// When the head being received must be complete, if one has begun.
@@ -367,12 +379,12 @@ impl<S: Transport> Conn<S> {
     /// The next complete head: from the buffer, or (blocking mode) read from the socket.
     /// `None` when the connection should close quietly (client gone, idle timeout, shutdown), or
     /// in buffered mode when no complete head is buffered.
-    fn next_head(&mut self, mode: Mode) -> Result<Option<usize>, ParseError> {
+    fn next_head(&mut self, mode: Mode) -> Result<Option<RequestHead>, ParseError> {
         let ctx = Arc::clone(&self.ctx);
         let config = &ctx.config;
         loop {
-            if let Some(len) = self.buffered_head()? {
-                return Ok(Some(len));
+            if self.poll_head()? {
+                return Ok(self.ready.take());
             }
             if mode == Mode::Buffered {
                 return Ok(None);

@@ -17,21 +17,44 @@ pub(crate) enum Slot {
 }
 
 /// The variables of one request: every key and value is a slice of one arena, so building an
-/// environ costs two allocations at most, and none once a connection's buffers are warm.
+/// environ costs three allocations at most (entries, arena, fingerprints), and none once a
+/// connection's buffers are warm.
 #[derive(Default)]
 pub(crate) struct Vars {
     arena: Vec<u8>,
     entries: Vec<(Slot, Slot)>,
+    /// Entries from this index on are header fields ...
+    fields_from: usize,
+    /// ... with these key fingerprints, in the same order, for joining repeated fields.
+    fingerprints: Vec<u64>,
 }
 
 impl Vars {
     pub(crate) fn clear(&mut self) {
         self.arena.clear();
         self.entries.clear();
+        self.fingerprints.clear();
+        self.fields_from = 0;
+    }
+
+    /// Marks where header fields start: [`Vars::push_or_join`] looks for repeats from here on.
+    pub(crate) fn begin_fields(&mut self) {
+        self.fields_from = self.entries.len();
+        self.fingerprints.clear();
+    }
+
+    /// Takes back a key just written with [`Vars::key_with`].
+    pub(crate) fn unwrite_key(&mut self, key: Slot) {
+        if let Slot::Arena { start, end } = key {
+            if end == self.arena.len() {
+                self.arena.truncate(start);
+            }
+        }
     }
 
     pub(crate) fn reserve(&mut self, entries: usize, bytes: usize) {
         self.entries.reserve(entries);
+        self.fingerprints.reserve(entries);
         self.arena.reserve(bytes);
     }
 
@@ -64,6 +87,35 @@ impl Vars {
         let start = self.arena.len();
         write(&mut self.arena);
         Slot::Arena { start, end: self.arena.len() }
+    }
+
+    /// Pushes a header field's `key` (the last thing written to the arena, or static) with
+    /// `value`; if a field with that key is there already, appends `,` and `value` to it
+    /// instead (how repeated fields are joined). Equal keys have equal `fingerprint`s.
+    pub(crate) fn push_or_join(&mut self, key: Slot, fingerprint: u64, value: &[u8]) {
+        let key_bytes = self.bytes(key);
+        let from = self.fields_from;
+        let repeat = self
+            .fingerprints
+            .iter()
+            .enumerate()
+            .filter(|&(_, &f)| f == fingerprint)
+            .map(|(j, _)| from + j)
+            .find(|&i| self.bytes(self.entries[i].0) == key_bytes);
+        let Some(i) = repeat else {
+            self.fingerprints.push(fingerprint);
+            self.push_copy(key, value);
+            return;
+        };
+        self.unwrite_key(key);
+        let start = self.arena.len();
+        match self.entries[i].1 {
+            Slot::Static(s) => self.arena.extend_from_slice(s),
+            Slot::Arena { start, end } => self.arena.extend_from_within(start..end),
+        }
+        self.arena.push(b',');
+        self.arena.extend_from_slice(value);
+        self.entries[i].1 = Slot::Arena { start, end: self.arena.len() };
     }
 
     pub(crate) fn value_of(&self, index: usize) -> &[u8] {

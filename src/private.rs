@@ -4,10 +4,10 @@
 use crate::config::Config;
 use crate::environ::Vars;
 use crate::error::ParseError;
-use crate::http::parse::{self, ConnInfo, HeadScanner};
+use crate::http::parse::{self, ConnInfo};
 
-/// Turns request heads into environ variables exactly as the connection driver does (head
-/// scan, then parse), into storage reused from one call to the next, as on a keep-alive
+/// Turns request heads into environ variables exactly as the connection driver does for a head
+/// that arrived in one read, into storage reused from one call to the next, as on a keep-alive
 /// connection.
 #[derive(Default)]
 pub struct HeadParser {
@@ -41,9 +41,8 @@ impl HeadParser {
     /// What the connection driver would answer with; an incomplete head is
     /// [`ParseError::Malformed`] here.
     pub fn parse(&mut self, buf: &[u8]) -> Result<(usize, usize), ParseError> {
-        let len = HeadScanner::default().scan(buf, &self.config)?.ok_or(ParseError::Malformed)?;
-        parse::parse_head(&buf[..len], &self.config, &self.info, &mut self.vars)?;
-        Ok((len, self.vars.len()))
+        let head = parse::try_parse_head(buf, &self.config, &self.info, &mut self.vars)?;
+        Ok((head.ok_or(ParseError::Malformed)?.len, self.vars.len()))
     }
 
     /// The value of a variable set by the last successful [`HeadParser::parse`].

@@ -114,7 +114,8 @@ fn head_parsing_allocates_only_when_cold() {
     let (len, vars) = first.expect("a valid head");
     assert_eq!(len, BROWSER.len());
     println!("browser head: cold parse {cold} allocations ({vars} variables)");
-    // The environ's two arrays (entries and byte arena), sized up front from the head.
+    // The environ's three arrays (entries, byte arena, field fingerprints), sized up front from
+    // the head.
     assert!(cold <= 4, "a cold parse allocated {cold} times");
 
     let (_, warm) = allocations_of(|| {

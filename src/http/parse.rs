@@ -53,6 +53,11 @@ pub(crate) struct HeadScanner {
 }
 
 impl HeadScanner {
+    /// Whether nothing of the current head has been scanned yet.
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.scanned == 0
+    }
+
     /// Returns `Ok(Some(len))` when `buf[..len]` is a whole head, `Ok(None)` when more bytes are needed.
     pub(crate) fn scan(&mut self, buf: &[u8], config: &Config) -> Result<Option<usize>, ParseError> {
         let mut pos = self.scanned;
@@ -116,16 +121,29 @@ pub(crate) fn leading_empty_lines(buf: &[u8]) -> usize {
     n
 }
 
-/// One match arm per header field of interest reads like RFC 9112, hence the allow.
-#[allow(clippy::collapsible_match)]
-/// Parses a complete head `buf[..len]` (as found by [`HeadScanner`]) into `vars` and returns the
-/// framing facts. `vars` is cleared first; its capacity is reused.
+/// Parses a complete head at the start of `buf` (as found by [`HeadScanner`]) into `vars` and
+/// returns the framing facts. `vars` is cleared first; its capacity is reused.
 pub(crate) fn parse_head(
     buf: &[u8],
     config: &Config,
     conn: &ConnInfo,
     vars: &mut Vars,
 ) -> Result<RequestHead, ParseError> {
+    try_parse_head(buf, config, conn, vars)?.ok_or(ParseError::Malformed)
+}
+
+/// Parses the head at the start of `buf` if it is all there (`Ok(None)` if not): the fast path
+/// for the common case of a head that arrived in one read, which needs no separate scan for its
+/// end. Heads that arrive in pieces go through [`HeadScanner`] first, so that a trickling client
+/// never makes us parse the same bytes again and again.
+/// One match arm per header field of interest reads like RFC 9112, hence the allow.
+#[allow(clippy::collapsible_match)]
+pub(crate) fn try_parse_head(
+    buf: &[u8],
+    config: &Config,
+    conn: &ConnInfo,
+    vars: &mut Vars,
+) -> Result<Option<RequestHead>, ParseError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
     let mut req = httparse::Request::new(&mut []);
     let max_headers = config.max_headers.min(MAX_HEADERS_CEILING);
@@ -135,10 +153,18 @@ pub(crate) fn parse_head(
         &mut slots[..max_headers],
     ) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Err(ParseError::Malformed),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        // `HTTP/2` may yet become `HTTP/2.0` (505) or `HTTP/2x` (400): wait for the whole line.
+        Err(httparse::Error::Version) if !buf.contains(&b'\n') => return Ok(None),
         Err(e) => return Err(map_httparse_error(e, buf)),
     };
+    if len > config.max_head {
+        return Err(ParseError::HeadTooLarge);
+    }
     let method = req.method.ok_or(ParseError::Malformed)?;
+    if request_line_len(buf, len, method, req.headers)? > config.max_request_line {
+        return Err(ParseError::UriTooLong);
+    }
     let target = req.path.ok_or(ParseError::Malformed)?;
     let http10 = req.version == Some(0);
     if method == "CONNECT" {
@@ -232,14 +258,39 @@ pub(crate) fn parse_head(
 
     write_environ(vars, config, conn, method, target, http10, req.headers)?;
 
-    Ok(RequestHead {
+    Ok(Some(RequestHead {
         len,
         is_head: method == "HEAD",
         http10,
         framing,
         keep_alive: if http10 { keep_alive_token && !close } else { !close },
         expect_continue,
-    })
+    }))
+}
+
+/// Checks that every line of the head `buf[..len]` ends in CRLF, which httparse does not (it
+/// takes a bare LF as a line end: waitress CVE-2019-16785), and returns the request line's
+/// length. Every line but the last ends right before a header name, so the header names'
+/// positions are all it takes.
+fn request_line_len(
+    buf: &[u8],
+    len: usize,
+    method: &str,
+    headers: &[httparse::Header<'_>],
+) -> Result<usize, ParseError> {
+    let offset = |s: &str| s.as_ptr() as usize - buf.as_ptr() as usize;
+    let start = offset(method);
+    // httparse skips empty lines before the request line; only CRLF ones are acceptable.
+    if !buf[..start].chunks(2).all(|pair| pair == b"\r\n") {
+        return Err(ParseError::BareLineEnding);
+    }
+    let crlf_before = |i: usize| i >= 2 && &buf[i - 2..i] == b"\r\n";
+    let every_line_crlf = headers.iter().all(|h| crlf_before(offset(h.name))) && len >= 4 && crlf_before(len);
+    if !(every_line_crlf && crlf_before(len - 2)) {
+        return Err(ParseError::BareLineEnding);
+    }
+    let request_line_end = headers.first().map_or(len - 2, |h| offset(h.name)) - 2;
+    Ok(request_line_end - start)
 }
 
 fn write_environ(
@@ -276,46 +327,55 @@ fn write_environ(
     vars.push_copy(Slot::Static(b"REMOTE_PORT"), conn.remote_port.as_bytes());
     vars.push_copy(Slot::Static(b"wsgi.url_scheme"), config.url_scheme.as_bytes());
 
-    for (i, h) in headers.iter().enumerate() {
+    vars.begin_fields();
+    for h in headers {
         let name = h.name.as_bytes();
-        if !config.keep_underscore_headers && name.contains(&b'_') {
-            continue;
-        }
-        // A repeated field was merged into its first occurrence already.
-        if headers[..i].iter().any(|e| e.name.len() == name.len() && e.name.eq_ignore_ascii_case(h.name)) {
-            continue;
-        }
-        let key = if name.eq_ignore_ascii_case(b"content-type") {
-            Slot::Static(b"CONTENT_TYPE")
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            Slot::Static(b"CONTENT_LENGTH")
-        } else {
-            vars.key_with(|out| {
-                out.extend_from_slice(b"HTTP_");
-                out.extend(name.iter().map(|&b| if b == b'-' { b'_' } else { b.to_ascii_uppercase() }));
-            })
-        };
-        vars.push_with(key, |out| {
-            out.extend_from_slice(h.value);
-            for later in &headers[i + 1..] {
-                if later.name.len() == name.len() && later.name.eq_ignore_ascii_case(h.name) {
-                    out.push(b',');
-                    out.extend_from_slice(later.value);
+        let (key, fingerprint) = match name.len() {
+            // Both are refused when repeated, so they need no fingerprint.
+            12 if name.eq_ignore_ascii_case(b"content-type") => (Slot::Static(b"CONTENT_TYPE"), 0),
+            14 if name.eq_ignore_ascii_case(b"content-length") => (Slot::Static(b"CONTENT_LENGTH"), 0),
+            _ => {
+                // One pass over the name makes the key, notes an underscore and fingerprints it.
+                let mut underscore = false;
+                let mut fingerprint = name.len() as u64;
+                let key = vars.key_with(|out| {
+                    out.extend_from_slice(b"HTTP_");
+                    out.extend(name.iter().map(|&b| {
+                        underscore |= b == b'_';
+                        let c = CGI_NAME[usize::from(b)];
+                        fingerprint = fingerprint.wrapping_mul(31).wrapping_add(u64::from(c));
+                        c
+                    }));
+                });
+                if underscore && !config.keep_underscore_headers {
+                    vars.unwrite_key(key);
+                    continue;
                 }
+                (key, fingerprint)
             }
-        });
+        };
+        // Repeated fields share a key (case-folded): equal fingerprints, then equal keys, find them.
+        vars.push_or_join(key, fingerprint, h.value);
     }
     Ok(())
 }
+
+/// Header name byte to CGI variable byte: uppercase, `-` to `_`.
+const CGI_NAME: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = if b == b'-' { b'_' } else { b.to_ascii_uppercase() };
+        i += 1;
+    }
+    table
+};
 
 /// Splits a request target into its path and its raw query, per the target's form (RFC 9112 §3.2).
 /// A fragment, which a client should never send, is dropped from both.
 fn split_target<'t>(method: &str, target: &'t str) -> Result<(&'t [u8], &'t [u8]), ParseError> {
     let t = target.as_bytes();
-    let t = match t.iter().position(|&b| b == b'#') {
-        Some(i) => &t[..i],
-        None => t,
-    };
     let origin = if t.starts_with(b"/") {
         t
     } else if t == b"*" {
@@ -328,17 +388,22 @@ fn split_target<'t>(method: &str, target: &'t str) -> Result<(&'t [u8], &'t [u8]
         let after_scheme = strip_prefix_ignore_case(t, b"http://")
             .or_else(|| strip_prefix_ignore_case(t, b"https://"))
             .ok_or(ParseError::Target)?;
-        let path_start = after_scheme.iter().position(|&b| b == b'/' || b == b'?');
-        match path_start {
+        match after_scheme.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')) {
             Some(i) if after_scheme[i] == b'/' => &after_scheme[i..],
-            Some(i) => return Ok((b"/", &after_scheme[i + 1..])),
-            None => return Ok((b"/", b"")),
+            Some(i) if after_scheme[i] == b'?' => return Ok((b"/", until_fragment(&after_scheme[i + 1..]))),
+            _ => return Ok((b"/", b"")),
         }
     };
-    Ok(match origin.iter().position(|&b| b == b'?') {
-        Some(i) => (&origin[..i], &origin[i + 1..]),
+    // One pass to the end of the path, which a query or a fragment ends.
+    Ok(match origin.iter().position(|&b| b == b'?' || b == b'#') {
+        Some(i) if origin[i] == b'?' => (&origin[..i], until_fragment(&origin[i + 1..])),
+        Some(i) => (&origin[..i], b""),
         None => (origin, b""),
     })
+}
+
+fn until_fragment(s: &[u8]) -> &[u8] {
+    s.split(|&b| b == b'#').next().unwrap_or(s)
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {

@@ -359,9 +359,9 @@ impl Poller {
         let verdict = loop {
             match parked.conn.read_available() {
                 Ok(0) => break Err(None),
-                Ok(_) => match parked.conn.buffered_head() {
-                    Ok(Some(_)) => break Ok(true),
-                    Ok(None) => continue,
+                Ok(_) => match parked.conn.poll_head() {
+                    Ok(true) => break Ok(true),
+                    Ok(false) => continue,
                     Err(e) => break Err(Some(e)),
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
