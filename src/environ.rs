@@ -27,6 +27,8 @@ pub(crate) struct Vars {
     fields_from: usize,
     /// ... with these key fingerprints, in the same order, for joining repeated fields.
     fingerprints: Vec<u64>,
+    /// A one-word set of the fingerprints, so that a new field usually skips the search.
+    fingerprint_bits: u64,
 }
 
 impl Vars {
@@ -34,6 +36,7 @@ impl Vars {
         self.arena.clear();
         self.entries.clear();
         self.fingerprints.clear();
+        self.fingerprint_bits = 0;
         self.fields_from = 0;
     }
 
@@ -41,6 +44,11 @@ impl Vars {
     pub(crate) fn begin_fields(&mut self) {
         self.fields_from = self.entries.len();
         self.fingerprints.clear();
+        self.fingerprint_bits = 0;
+    }
+
+    pub(crate) fn key_bytes(&self, key: Slot) -> &[u8] {
+        self.bytes(key)
     }
 
     /// Takes back a key just written with [`Vars::key_with`].
@@ -95,14 +103,19 @@ impl Vars {
     pub(crate) fn push_or_join(&mut self, key: Slot, fingerprint: u64, value: &[u8]) {
         let key_bytes = self.bytes(key);
         let from = self.fields_from;
-        let repeat = self
-            .fingerprints
-            .iter()
-            .enumerate()
-            .filter(|&(_, &f)| f == fingerprint)
-            .map(|(j, _)| from + j)
-            .find(|&i| self.bytes(self.entries[i].0) == key_bytes);
+        let bit = 1u64 << (fingerprint % 64);
+        let repeat = if self.fingerprint_bits & bit == 0 {
+            None
+        } else {
+            self.fingerprints
+                .iter()
+                .enumerate()
+                .filter(|&(_, &f)| f == fingerprint)
+                .map(|(j, _)| from + j)
+                .find(|&i| self.bytes(self.entries[i].0) == key_bytes)
+        };
         let Some(i) = repeat else {
+            self.fingerprint_bits |= bit;
             self.fingerprints.push(fingerprint);
             self.push_copy(key, value);
             return;

@@ -335,29 +335,37 @@ fn write_environ(
             12 if name.eq_ignore_ascii_case(b"content-type") => (Slot::Static(b"CONTENT_TYPE"), 0),
             14 if name.eq_ignore_ascii_case(b"content-length") => (Slot::Static(b"CONTENT_LENGTH"), 0),
             _ => {
-                // One pass over the name makes the key, notes an underscore and fingerprints it.
+                // One pass over the name makes the key and notes an underscore.
                 let mut underscore = false;
-                let mut fingerprint = name.len() as u64;
                 let key = vars.key_with(|out| {
                     out.extend_from_slice(b"HTTP_");
                     out.extend(name.iter().map(|&b| {
                         underscore |= b == b'_';
-                        let c = CGI_NAME[usize::from(b)];
-                        fingerprint = fingerprint.wrapping_mul(31).wrapping_add(u64::from(c));
-                        c
+                        CGI_NAME[usize::from(b)]
                     }));
                 });
                 if underscore && !config.keep_underscore_headers {
                     vars.unwrite_key(key);
                     continue;
                 }
-                (key, fingerprint)
+                (key, fingerprint(vars.key_bytes(key)))
             }
         };
         // Repeated fields share a key (case-folded): equal fingerprints, then equal keys, find them.
         vars.push_or_join(key, fingerprint, h.value);
     }
     Ok(())
+}
+
+/// A cheap summary of a key: equal keys have equal fingerprints, and real header names almost
+/// never share one (it mixes the length with the first and last eight bytes).
+fn fingerprint(key: &[u8]) -> u64 {
+    let word = |b: &[u8]| match <[u8; 8]>::try_from(b) {
+        Ok(w) => u64::from_le_bytes(w),
+        Err(_) => b.iter().fold(0u64, |w, &c| w << 8 | u64::from(c)),
+    };
+    let n = key.len().min(8);
+    key.len() as u64 ^ word(&key[..n]).rotate_left(7) ^ word(&key[key.len() - n..])
 }
 
 /// Header name byte to CGI variable byte: uppercase, `-` to `_`.
