@@ -40,6 +40,10 @@ pub(crate) trait Transport: Read + Write {
     fn shutdown_write(&self);
     /// The descriptor to poll for readability, when there is one.
     fn poll_fd(&self) -> Option<RawFd>;
+    /// Reads without waiting where the transport can (`WouldBlock` when nothing is there).
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(buf)
+    }
 }
 
 /// What every connection of one server shares.
@@ -113,9 +117,13 @@ impl ReadBuf {
 
     /// Reads once from `stream` into the spare room, retrying on `EINTR`.
     fn fill_from(&mut self, stream: &mut impl Read) -> io::Result<usize> {
+        self.fill_with(|buf| stream.read(buf))
+    }
+
+    fn fill_with(&mut self, mut read: impl FnMut(&mut [u8]) -> io::Result<usize>) -> io::Result<usize> {
         let spare = self.spare(4096);
         let n = loop {
-            match stream.read(spare) {
+            match read(spare) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other?,
             }
@@ -365,9 +373,11 @@ impl<S: Transport> Conn<S> {
         Some(self.head_started? + self.ctx.config.header_timeout?)
     }
 
-    /// Reads what the (non-blocking) socket has, for a poller. `Ok(0)` is end of stream.
+    /// Reads what the socket has without waiting, for a poller: `WouldBlock` when nothing is
+    /// there, `Ok(0)` at end of stream.
     pub(crate) fn read_available(&mut self) -> io::Result<usize> {
-        self.rbuf.fill_from(&mut self.stream)
+        let stream = &mut self.stream;
+        self.rbuf.fill_with(|buf| stream.try_read(buf))
     }
 
     /// Answers a request that could not be accepted, and closes: for a poller that found the

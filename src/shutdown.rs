@@ -35,6 +35,9 @@ struct Inner {
     requested: AtomicBool,
     /// Whether SIGTERM / SIGINT are routed to this handle.
     signals: AtomicBool,
+    /// Set in a forked child, whose copy of `requested` the parent never updates: there, the
+    /// pipe itself is the truth.
+    forked: AtomicBool,
     wake_read: OwnedFd,
     wake_write: OwnedFd,
 }
@@ -52,6 +55,7 @@ impl ShutdownHandle {
             inner: Arc::new(Inner {
                 requested: AtomicBool::new(false),
                 signals: AtomicBool::new(false),
+                forked: AtomicBool::new(false),
                 wake_read,
                 wake_write,
             }),
@@ -70,6 +74,13 @@ impl ShutdownHandle {
     pub fn is_requested(&self) -> bool {
         self.inner.requested.load(Ordering::SeqCst)
             || self.inner.signals.load(Ordering::Relaxed) && signal::stop_requested()
+            || self.inner.forked.load(Ordering::Relaxed)
+                && matches!(unix::wait_readable(&[self.wake_fd()], Some(std::time::Duration::ZERO)), Ok(Some(0)))
+    }
+
+    /// In a forked child: from now on, ask the shared pipe whether the parent is stopping.
+    pub(crate) fn mark_forked_child(&self) {
+        self.inner.forked.store(true, Ordering::SeqCst);
     }
 
     /// Routes SIGTERM and SIGINT to this handle until the guard is dropped.

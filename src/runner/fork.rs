@@ -111,6 +111,7 @@ impl Runner for Forking {
                     unix::close_in_child(listener.as_raw_fd());
                     unix::close_in_child(exited.read_fd());
                     unix::close_in_child(exited.write_fd());
+                    ctx.shutdown.mark_forked_child();
                     let served = catch_unwind(AssertUnwindSafe(|| serve_connection(stream, peer, &ctx)));
                     process::exit_now(if served.is_ok() { 0 } else { CHILD_PANICKED });
                 }

@@ -195,18 +195,15 @@ fn work(shared: &Shared) {
             Err(_) => break,
         };
         let Ok(Job { mut conn, reject }) = job else { break };
+        // The socket stays non-blocking: the connection's reads and writes wait with poll(2).
         let served = match reject {
             Some(error) => {
-                let _ = conn.stream().set_nonblocking(false);
                 conn.reject(error);
                 Served::Closed
             }
-            None => match conn.stream().set_nonblocking(false) {
-                Ok(()) => conn.serve(Mode::Buffered),
-                Err(_) => Served::Closed,
-            },
+            None => conn.serve(Mode::Buffered),
         };
-        if served == Served::Park && conn.stream().set_nonblocking(true).is_ok() {
+        if served == Served::Park {
             if let Ok(mut returned) = shared.returned.lock() {
                 returned.push(conn);
             }
@@ -282,7 +279,7 @@ impl Poller {
                 break;
             }
             match self.listener.accept() {
-                Ok((stream, peer)) => {
+                Ok((mut stream, peer)) => {
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }

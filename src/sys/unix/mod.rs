@@ -52,14 +52,7 @@ pub(crate) fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Res
     }
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        let ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up, so a wait never ends a millisecond early and spins.
-                left.as_millis().min(i32::MAX as u128) as i32 + i32::from(left.subsec_nanos() % 1_000_000 != 0)
-            }
-        };
+        let ms = poll_millis(deadline);
         // SAFETY: `pollfds[..fds.len()]` is a valid, initialised array of pollfd structs.
         match syscall!(unsafe { libc::poll(pollfds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) }) {
             Ok(0) => return Ok(None),
@@ -72,6 +65,34 @@ pub(crate) fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Res
 
 pub(crate) mod process;
 pub(crate) mod signal;
+
+/// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`), or `timeout` passes; returns
+/// whether it is ready (an error or hang-up counts as ready: the next call reports it).
+pub(crate) fn wait_ready(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut pollfd = libc::pollfd { fd, events, revents: 0 };
+    loop {
+        let ms = poll_millis(deadline);
+        // SAFETY: `pollfd` is one valid, initialised pollfd struct.
+        match syscall!(unsafe { libc::poll(&mut pollfd, 1, ms) }) {
+            Ok(n) => return Ok(n > 0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Milliseconds until `deadline` for `poll(2)`, rounded up so a wait never ends early and spins;
+/// -1 (forever) without one.
+fn poll_millis(deadline: Option<Instant>) -> libc::c_int {
+    match deadline {
+        None => -1,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            left.as_millis().min(i32::MAX as u128 - 1) as i32 + i32::from(left.subsec_nanos() % 1_000_000 != 0)
+        }
+    }
+}
 
 /// A non-blocking pipe that wakes a poller: `notify` from any thread (or a signal handler),
 /// `drain` in the poller before looking at why it woke.
