@@ -301,10 +301,6 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    pub(crate) fn stream(&self) -> &S {
-        &self.stream
-    }
-
     /// Serves requests until the connection closes ([`Mode::Blocking`]), or until no complete
     /// head is left in the buffer ([`Mode::Buffered`]).
     pub(crate) fn serve(&mut self, mode: Mode) -> Served {

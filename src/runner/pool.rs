@@ -1,12 +1,11 @@
-//! The thread-pool runner: a poller thread owns every connection between requests, a fixed set of
-//! workers runs the handler.
+//! The thread-pool runner: a poller thread watches every connection between requests, a fixed
+//! set of workers runs the handler.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -28,18 +27,26 @@ const LISTENER: Token = Token(0);
 const SHUTDOWN: Token = Token(1);
 const WAKER: Token = Token(2);
 const FIRST_CONN: usize = 3;
+/// How often parked connections are checked for their timeouts while any is open.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A fixed pool of worker threads behind a poller, like gunicorn's gthread worker, with
 /// waitress's slow-client isolation.
 ///
-/// One poller thread (the thread that calls `serve`) accepts connections and owns every
+/// One poller thread (the thread that calls `serve`) accepts connections and watches every
 /// connection between requests: it reads request bytes as they arrive and hands a connection to
 /// a worker only once a whole request head is buffered. A client that trickles its head, or sits
-/// idle on keep-alive, costs a buffer in the poller, never a worker: 4 workers serve 64
-/// keep-alive clients, or a thousand, and slowloris gets a `408` at the header deadline without
-/// ever touching a worker. A worker serves the request (reading the body, if any, from the socket
-/// with [`Config::body_timeout`](crate::Config::body_timeout)), then every further request
-/// already buffered (pipelining), then gives the connection back to the poller.
+/// idle on keep-alive, costs a buffer, never a worker: 4 workers serve 64 keep-alive clients, or
+/// a thousand, and slowloris gets a `408` at the header deadline without ever touching a worker.
+/// A worker serves the request (reading the body, if any, from the socket with
+/// [`Config::body_timeout`](crate::Config::body_timeout)), then every further request that has
+/// already arrived (pipelining, or a client quicker than the handoff), then leaves the
+/// connection for the poller to watch.
+///
+/// Each socket is registered once, edge-triggered, and stays non-blocking for its whole life;
+/// a connection parks in its slot, and whoever (poller or worker) finds bytes for it takes it.
+/// A keep-alive request costs three system calls on the server besides the shared `epoll_wait`:
+/// the poller's read, the worker's write, and the worker's read that finds nothing more.
 ///
 /// Backpressure: connections with a complete request wait in a bounded queue (twice the number
 /// of workers); when it is full they stay in the poller, which keeps their bytes unread. At
@@ -81,31 +88,174 @@ impl Default for ThreadPool {
 
 impl Sealed for ThreadPool {}
 
-/// Work for a worker: a connection with a complete head buffered, or one to answer with an error.
+/// Work for a worker: a connection with a complete head parsed, or one to answer with an error.
 struct Job {
     conn: Box<Conn<Stream>>,
+    slot: usize,
     reject: Option<ParseError>,
 }
 
-/// A connection waiting in the poller for bytes.
-struct Parked {
-    conn: Box<Conn<Stream>>,
-    since: Instant,
+/// Where a connection lives while nobody works on it.
+#[derive(Default)]
+struct Slot {
+    /// The parked connection; `None` while the poller or a worker has it (or the slot is free).
+    conn: Option<Box<Conn<Stream>>>,
+    /// Bytes were announced while someone else had the connection: whoever parks it next must
+    /// read again first, as the edge that announced them will not come again.
+    pending: bool,
+    /// When the connection was parked.
+    since: Option<Instant>,
+}
+
+/// The bounded queue between the poller and the workers.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Signalled when a job is pushed or the queue closes.
+    ready: Condvar,
+    capacity: usize,
+}
+
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// Workers waiting for a job: a push wakes one only when one waits.
+    idle: usize,
+    closed: bool,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Queue {
+        Queue {
+            state: Mutex::new(QueueState { jobs: VecDeque::with_capacity(capacity), idle: 0, closed: false }),
+            ready: Condvar::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a job, or gives it back when the queue is full.
+    fn try_push(&self, job: Job) -> std::result::Result<(), Job> {
+        let mut state = self.lock();
+        if state.jobs.len() >= self.capacity {
+            return Err(job);
+        }
+        state.jobs.push_back(job);
+        let wake = state.idle > 0;
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The next job; `None` once the queue is closed and empty.
+    fn pop(&self) -> Option<Job> {
+        let mut state = self.lock();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            state.idle += 1;
+            state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.idle -= 1;
+        }
+    }
+
+    /// Lets the workers finish what is queued, then stop.
+    fn close(&self, remaining: impl IntoIterator<Item = Job>) {
+        let mut state = self.lock();
+        state.jobs.extend(remaining);
+        state.closed = true;
+        drop(state);
+        self.ready.notify_all();
+    }
 }
 
 /// What workers share with the poller.
 struct Shared {
     ctx: Arc<ServeContext>,
-    jobs: Mutex<Receiver<Job>>,
-    // Boxed so that handing a connection between threads moves a pointer, not its buffers' headers.
-    #[allow(clippy::vec_box)]
-    returned: Mutex<Vec<Box<Conn<Stream>>>>,
+    queue: Queue,
+    slots: Vec<Mutex<Slot>>,
+    free: Mutex<Vec<usize>>,
     waker: Waker,
     /// Open connections: parked, queued or with a worker.
     open: AtomicUsize,
+    /// The poller stopped accepting at the connection cap and wants a wake-up when one closes.
+    paused: AtomicBool,
     /// Workers still running, for the graceful stop.
     running: Mutex<usize>,
     stopped: Condvar,
+}
+
+impl Shared {
+    fn slot(&self, index: usize) -> MutexGuard<'_, Slot> {
+        self.slots[index].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes a connection and frees its slot.
+    fn close(&self, conn: Box<Conn<Stream>>, index: usize) {
+        // Closing the socket also removes it from the poller's interest list.
+        drop(conn);
+        *self.slot(index) = Slot::default();
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(index);
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        if self.paused.load(Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Parks a connection whose socket would block, unless bytes were announced meanwhile: then
+    /// it is handed back to be read again.
+    fn park(&self, conn: Box<Conn<Stream>>, index: usize) -> Option<Box<Conn<Stream>>> {
+        let mut slot = self.slot(index);
+        if std::mem::take(&mut slot.pending) {
+            return Some(conn);
+        }
+        slot.conn = Some(conn);
+        slot.since = Some(Instant::now());
+        None
+    }
+
+    fn worker_stopped(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        *running -= 1;
+        self.stopped.notify_all();
+    }
+}
+
+/// What reading a connection's socket until it would block gave.
+enum Read {
+    /// A whole head is parsed and waiting.
+    Head,
+    /// Nothing more for now.
+    Blocked,
+    /// The client closed, or the socket failed.
+    Gone,
+    /// The head is bad: answer this.
+    Bad(ParseError),
+}
+
+/// Reads until a whole head is in or the socket would block.
+fn read_until_head(conn: &mut Conn<Stream>) -> Read {
+    loop {
+        match conn.poll_head() {
+            Ok(true) => return Read::Head,
+            Ok(false) => {}
+            Err(e) => return Read::Bad(e),
+        }
+        match conn.read_available() {
+            Ok(0) => return Read::Gone,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Read::Gone,
+        }
+    }
 }
 
 impl Runner for ThreadPool {
@@ -123,13 +273,14 @@ impl Runner for ThreadPool {
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut SourceFd(&ctx.shutdown.wake_fd()), SHUTDOWN, Interest::READABLE)?;
-        let (job_tx, job_rx) = mpsc::sync_channel(self.workers * 2);
         let shared = Arc::new(Shared {
             ctx: Arc::clone(&ctx),
-            jobs: Mutex::new(job_rx),
-            returned: Mutex::new(Vec::new()),
+            queue: Queue::new(self.workers * 2),
+            slots: (0..self.max_connections).map(|_| Mutex::default()).collect(),
+            free: Mutex::new((0..self.max_connections).rev().collect()),
             waker: Waker::new(poll.registry(), WAKER)?,
             open: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
             running: Mutex::new(self.workers),
             stopped: Condvar::new(),
         });
@@ -148,28 +299,18 @@ impl Runner for ThreadPool {
                 }
             }
         }
-        let mut poller = Poller {
-            poll,
-            listener,
-            accepting: true,
-            max_connections: self.max_connections,
-            parked: Vec::new(),
-            free: Vec::new(),
-            backlog: VecDeque::new(),
-            jobs: job_tx,
-            shared: Arc::clone(&shared),
-            next_sweep: None,
-        };
+        let mut poller =
+            Poller { poll, listener, accepting: true, backlog: VecDeque::new(), shared: Arc::clone(&shared) };
         let result = poller.run();
         // Graceful stop: stop listening and close idle connections now; queued requests still go
         // to the workers, which finish them and exit when the queue closes.
-        let Poller { backlog, jobs, listener, parked, .. } = poller;
+        let Poller { backlog, listener, .. } = poller;
         drop(listener);
-        drop(parked);
-        for job in backlog {
-            let _ = jobs.send(job);
+        for index in 0..shared.slots.len() {
+            let parked = shared.slot(index).conn.take();
+            drop(parked);
         }
-        drop(jobs);
+        shared.queue.close(backlog);
         let running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
         let (running, _) = shared
             .stopped
@@ -189,39 +330,37 @@ impl Runner for ThreadPool {
 
 /// A worker: takes jobs until the queue closes.
 fn work(shared: &Shared) {
-    loop {
-        let job = match shared.jobs.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => break,
-        };
-        let Ok(Job { mut conn, reject }) = job else { break };
-        // The socket stays non-blocking: the connection's reads and writes wait with poll(2).
-        let served = match reject {
+    while let Some(Job { conn, slot, reject }) = shared.queue.pop() {
+        match reject {
             Some(error) => {
+                let mut conn = conn;
                 conn.reject(error);
-                Served::Closed
+                shared.close(conn, slot);
             }
-            None => conn.serve(Mode::Buffered),
-        };
-        if served == Served::Park {
-            if let Ok(mut returned) = shared.returned.lock() {
-                returned.push(conn);
-            }
-        } else {
-            drop(conn);
-            shared.open.fetch_sub(1, Ordering::SeqCst);
+            None => serve(shared, conn, slot),
         }
-        // Either a connection came back or a slot freed up: the poller has something to do.
-        let _ = shared.waker.wake();
     }
     shared.worker_stopped();
 }
 
-impl Shared {
-    fn worker_stopped(&self) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        *running -= 1;
-        self.stopped.notify_all();
+/// Serves a connection's requests for as long as they keep coming without a wait, then parks it.
+fn serve(shared: &Shared, mut conn: Box<Conn<Stream>>, slot: usize) {
+    loop {
+        if conn.serve(Mode::Buffered) == Served::Closed {
+            return shared.close(conn, slot);
+        }
+        match read_until_head(&mut conn) {
+            Read::Head => continue,
+            Read::Gone => return shared.close(conn, slot),
+            Read::Bad(error) => {
+                conn.reject(error);
+                return shared.close(conn, slot);
+            }
+            Read::Blocked => match shared.park(conn, slot) {
+                Some(again) => conn = again,
+                None => return,
+            },
+        }
     }
 }
 
@@ -229,23 +368,22 @@ struct Poller {
     poll: Poll,
     listener: Listener,
     accepting: bool,
-    max_connections: usize,
-    /// Parked connections, by token minus [`FIRST_CONN`].
-    parked: Vec<Option<Parked>>,
-    free: Vec<usize>,
     /// Jobs the queue had no room for, oldest first.
     backlog: VecDeque<Job>,
-    jobs: SyncSender<Job>,
     shared: Arc<Shared>,
-    /// When the next parked connection's timeout falls due.
-    next_sweep: Option<Instant>,
 }
 
 impl Poller {
     fn run(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(256);
+        let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
-            let timeout = self.next_sweep.map(|t| t.saturating_duration_since(Instant::now()));
+            // An idle server sleeps until something happens; a busy one also wakes to sweep.
+            let timeout = if self.shared.open.load(Ordering::SeqCst) == 0 && self.backlog.is_empty() {
+                None
+            } else {
+                Some(next_sweep.saturating_duration_since(Instant::now()))
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -259,43 +397,60 @@ impl Poller {
                 match event.token() {
                     LISTENER => self.accept()?,
                     SHUTDOWN => return Ok(()),
-                    WAKER => self.take_returned()?,
-                    Token(t) => self.on_readable(t - FIRST_CONN)?,
+                    WAKER => {}
+                    Token(t) => self.on_readable(t - FIRST_CONN),
                 }
             }
             self.flush_backlog();
             self.resume_accepting()?;
-            if self.next_sweep.is_some_and(|t| t <= Instant::now()) {
+            if Instant::now() >= next_sweep {
                 self.sweep();
+                next_sweep = Instant::now() + SWEEP_INTERVAL;
             }
         }
     }
 
     fn accept(&mut self) -> Result<()> {
         while self.accepting {
-            if self.shared.open.load(Ordering::SeqCst) >= self.max_connections {
+            let free = self.shared.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(index) = free else {
+                // At the cap: leave new clients in the backlog until a connection closes.
                 self.poll.registry().deregister(&mut SourceFd(&self.listener.as_raw_fd()))?;
                 self.accepting = false;
+                self.shared.paused.store(true, Ordering::SeqCst);
                 break;
-            }
+            };
             match self.listener.accept() {
                 Ok((mut stream, peer)) => {
-                    if stream.set_nonblocking(true).is_err() {
+                    let fd = stream.as_raw_fd();
+                    let registered = stream.set_nonblocking(true).and_then(|()| {
+                        let token = Token(index + FIRST_CONN);
+                        self.poll.registry().register(&mut SourceFd(&fd), token, Interest::READABLE)
+                    });
+                    if registered.is_err() {
+                        self.shared.free.lock().unwrap_or_else(|e| e.into_inner()).push(index);
                         continue;
                     }
                     self.shared.open.fetch_add(1, Ordering::SeqCst);
                     let conn = Box::new(Conn::new(stream, peer, Arc::clone(&self.shared.ctx)));
-                    self.park(conn)?;
+                    // Registering reports bytes already waiting, so the first request is not missed.
+                    *self.shared.slot(index) = Slot { conn: Some(conn), pending: false, since: Some(Instant::now()) };
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => super::accept_error(&self.shared.ctx, e)?,
+                Err(e) => {
+                    self.shared.free.lock().unwrap_or_else(|e| e.into_inner()).push(index);
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        break;
+                    }
+                    super::accept_error(&self.shared.ctx, e)?;
+                }
             }
         }
         Ok(())
     }
 
     fn resume_accepting(&mut self) -> Result<()> {
-        if !self.accepting && self.shared.open.load(Ordering::SeqCst) < self.max_connections {
+        if !self.accepting && self.shared.open.load(Ordering::SeqCst) < self.shared.slots.len() {
+            self.shared.paused.store(false, Ordering::SeqCst);
             self.poll.registry().register(&mut SourceFd(&self.listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
             self.accepting = true;
             // Clients may have queued in the backlog meanwhile, and no new edge will announce them.
@@ -304,88 +459,36 @@ impl Poller {
         Ok(())
     }
 
-    fn take_returned(&mut self) -> Result<()> {
-        let returned = match self.shared.returned.lock() {
-            Ok(mut r) => std::mem::take(&mut *r),
-            Err(_) => Vec::new(),
-        };
-        for conn in returned {
-            self.park(conn)?;
-        }
-        Ok(())
-    }
-
-    /// Registers a connection with the poller until bytes come. Registering reports bytes that
-    /// are already waiting, so nothing sent while a worker had the connection is missed.
-    fn park(&mut self, conn: Box<Conn<Stream>>) -> Result<()> {
-        let index = self.free.pop().unwrap_or_else(|| {
-            self.parked.push(None);
-            self.parked.len() - 1
-        });
-        let fd = conn.stream().as_raw_fd();
-        if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), Token(index + FIRST_CONN), Interest::READABLE)
-        {
-            self.free.push(index);
-            self.close(conn);
-            self.shared.ctx.config.log(&format!("cannot watch a connection: {e}"));
-            return Ok(());
-        }
-        let parked = Parked { conn, since: Instant::now() };
-        let due = due(&parked, self.shared.ctx.config.keepalive_timeout);
-        self.next_sweep = min_instant(self.next_sweep, due);
-        self.parked[index] = Some(parked);
-        Ok(())
-    }
-
-    fn unpark(&mut self, index: usize) -> Option<Box<Conn<Stream>>> {
-        let parked = self.parked.get_mut(index)?.take()?;
-        self.free.push(index);
-        let _ = self.poll.registry().deregister(&mut SourceFd(&parked.conn.stream().as_raw_fd()));
-        Some(parked.conn)
-    }
-
-    fn close(&self, conn: Box<Conn<Stream>>) {
-        drop(conn);
-        self.shared.open.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// Reads what a parked connection has (edge-triggered: until it would block), and hands it
-    /// to a worker once a whole head is in.
-    fn on_readable(&mut self, index: usize) -> Result<()> {
-        let Some(Some(parked)) = self.parked.get_mut(index) else { return Ok(()) };
-        let verdict = loop {
-            match parked.conn.read_available() {
-                Ok(0) => break Err(None),
-                Ok(_) => match parked.conn.poll_head() {
-                    Ok(true) => break Ok(true),
-                    Ok(false) => continue,
-                    Err(e) => break Err(Some(e)),
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break Err(None),
+    /// Bytes came for a connection: read them if it is parked, else tell whoever has it.
+    fn on_readable(&mut self, index: usize) {
+        let Some(slot) = self.shared.slots.get(index) else { return };
+        let taken = {
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.conn.take() {
+                Some(conn) => Some(conn),
+                None => {
+                    slot.pending = true;
+                    None
+                }
             }
         };
-        match verdict {
-            Ok(false) => {
-                // A head has begun: its deadline may now be the nearest.
-                let due = due(parked, self.shared.ctx.config.keepalive_timeout);
-                self.next_sweep = min_instant(self.next_sweep, due);
+        let Some(mut conn) = taken else { return };
+        match read_until_head(&mut conn) {
+            Read::Head => self.dispatch(Job { conn, slot: index, reject: None }),
+            Read::Blocked => {
+                if let Some(conn) = self.shared.park(conn, index) {
+                    // Cannot happen while the poller holds the connection; read it again anyway.
+                    self.on_readable_again(conn, index);
+                }
             }
-            Ok(true) => {
-                let conn = self.unpark(index).expect("parked above");
-                self.dispatch(Job { conn, reject: None });
-            }
-            Err(Some(error)) => {
-                let conn = self.unpark(index).expect("parked above");
-                self.dispatch(Job { conn, reject: Some(error) });
-            }
-            Err(None) => {
-                let conn = self.unpark(index).expect("parked above");
-                self.close(conn);
-            }
+            Read::Gone => self.shared.close(conn, index),
+            Read::Bad(error) => self.dispatch(Job { conn, slot: index, reject: Some(error) }),
         }
-        Ok(())
+    }
+
+    fn on_readable_again(&mut self, conn: Box<Conn<Stream>>, index: usize) {
+        self.shared.slot(index).conn = Some(conn);
+        self.on_readable(index);
     }
 
     fn dispatch(&mut self, job: Job) {
@@ -393,60 +496,43 @@ impl Poller {
             self.backlog.push_back(job);
             return;
         }
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(job)) => self.backlog.push_back(job),
-            Err(TrySendError::Disconnected(job)) => self.close(job.conn),
+        if let Err(job) = self.shared.queue.try_push(job) {
+            self.backlog.push_back(job);
         }
     }
 
     fn flush_backlog(&mut self) {
         while let Some(job) = self.backlog.pop_front() {
-            match self.jobs.try_send(job) {
-                Ok(()) => {}
-                Err(TrySendError::Full(job)) => {
-                    self.backlog.push_front(job);
-                    return;
-                }
-                Err(TrySendError::Disconnected(job)) => self.close(job.conn),
+            if let Err(job) = self.shared.queue.try_push(job) {
+                self.backlog.push_front(job);
+                return;
             }
         }
     }
 
-    /// Closes idle connections whose time is up and answers `408` to heads that missed their
-    /// deadline.
+    /// Closes parked connections idle past the keep-alive timeout and answers `408` to heads
+    /// that missed their deadline.
     fn sweep(&mut self) {
         let now = Instant::now();
-        let mut next = None;
-        for index in 0..self.parked.len() {
-            let Some(parked) = &self.parked[index] else { continue };
-            let due = due(parked, self.shared.ctx.config.keepalive_timeout);
-            match due {
-                Some(t) if t <= now => {
-                    let late_head = parked.conn.head_deadline().is_some();
-                    let conn = self.unpark(index).expect("parked");
-                    if late_head {
-                        self.dispatch(Job { conn, reject: Some(ParseError::Timeout) });
-                    } else {
-                        self.close(conn);
-                    }
+        let keepalive = self.shared.ctx.config.keepalive_timeout;
+        for index in 0..self.shared.slots.len() {
+            let expired = {
+                let mut slot = self.shared.slot(index);
+                let due = match &slot.conn {
+                    Some(conn) => conn.head_deadline().or_else(|| Some(slot.since? + keepalive?)),
+                    None => None,
+                };
+                match due {
+                    Some(t) if t <= now => slot.conn.take(),
+                    _ => None,
                 }
-                other => next = min_instant(next, other),
+            };
+            let Some(conn) = expired else { continue };
+            if conn.head_deadline().is_some() {
+                self.dispatch(Job { conn, slot: index, reject: Some(ParseError::Timeout) });
+            } else {
+                self.shared.close(conn, index);
             }
         }
-        self.next_sweep = next;
-    }
-}
-
-/// When a parked connection times out: at its header deadline once a head has begun, else when
-/// its keep-alive idle time is up.
-fn due(parked: &Parked, keepalive: Option<Duration>) -> Option<Instant> {
-    parked.conn.head_deadline().or_else(|| Some(parked.since + keepalive?))
-}
-
-fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
