@@ -356,6 +356,8 @@ fn serve(shared: &Shared, mut conn: Box<Conn<Stream>>, slot: usize) {
                 conn.reject(error);
                 return shared.close(conn, slot);
             }
+            // Stopping: an idle connection is closed, not parked where nobody will look again.
+            Read::Blocked if shared.ctx.shutdown.is_requested() => return shared.close(conn, slot),
             Read::Blocked => match shared.park(conn, slot) {
                 Some(again) => conn = again,
                 None => return,
