@@ -47,10 +47,6 @@ impl Vars {
         self.fingerprint_bits = 0;
     }
 
-    pub(crate) fn key_bytes(&self, key: Slot) -> &[u8] {
-        self.bytes(key)
-    }
-
     /// Takes back a key just written with [`Vars::key_with`].
     pub(crate) fn unwrite_key(&mut self, key: Slot) {
         if let Slot::Arena { start, end } = key {

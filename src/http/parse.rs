@@ -348,7 +348,9 @@ fn write_environ(
                     vars.unwrite_key(key);
                     continue;
                 }
-                (key, fingerprint(vars.key_bytes(key)))
+                // `X_A` and `X-A` share a key only when underscores are kept; then every field
+                // gets the same fingerprint and the keys themselves are compared.
+                (key, if config.keep_underscore_headers { 0 } else { fingerprint(name) })
             }
         };
         // Repeated fields share a key (case-folded): equal fingerprints, then equal keys, find them.
@@ -357,15 +359,18 @@ fn write_environ(
     Ok(())
 }
 
-/// A cheap summary of a key: equal keys have equal fingerprints, and real header names almost
-/// never share one (it mixes the length with the first and last eight bytes).
-fn fingerprint(key: &[u8]) -> u64 {
+/// A cheap summary of a header name: names equal but for ASCII case have equal fingerprints, and
+/// real header names almost never share one (it mixes the length with the first and last eight
+/// bytes, case-folded). Read from the request, not from the key just written byte by byte, which
+/// the processor cannot forward to a wide load.
+fn fingerprint(name: &[u8]) -> u64 {
     let word = |b: &[u8]| match <[u8; 8]>::try_from(b) {
         Ok(w) => u64::from_le_bytes(w),
         Err(_) => b.iter().fold(0u64, |w, &c| w << 8 | u64::from(c)),
     };
-    let n = key.len().min(8);
-    key.len() as u64 ^ word(&key[..n]).rotate_left(7) ^ word(&key[key.len() - n..])
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    let n = name.len().min(8);
+    name.len() as u64 ^ (word(&name[..n]) | FOLD).rotate_left(7) ^ (word(&name[name.len() - n..]) | FOLD)
 }
 
 /// Header name byte to CGI variable byte: uppercase, `-` to `_`.
@@ -503,5 +508,34 @@ fn map_httparse_error(e: httparse::Error, buf: &[u8]) -> ParseError {
             }
         }
         _ => ParseError::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn environ(head: &[u8], config: &Config) -> Vars {
+        let mut vars = Vars::default();
+        parse_head(head, config, &ConnInfo::default(), &mut vars).expect("valid head");
+        vars
+    }
+
+    #[test]
+    fn repeated_fields_join_whatever_their_case() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Long-Field-Name: a\r\nAccept: b\r\nx-long-field-name: c\r\nX-LONG-FIELD-NAME: d\r\n\r\n";
+        let vars = environ(head, &Config::default());
+        assert_eq!(vars.get(b"HTTP_X_LONG_FIELD_NAME"), Some(&b"a,c,d"[..]));
+        assert_eq!(vars.get(b"HTTP_ACCEPT"), Some(&b"b"[..]));
+        assert_eq!(vars.iter().filter(|(k, _)| k.starts_with(b"HTTP_X_LONG")).count(), 1);
+    }
+
+    #[test]
+    fn kept_underscore_fields_join_their_dash_twins() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: a\r\nX_Forwarded_For: b\r\n\r\n";
+        let dropped = environ(head, &Config::default());
+        assert_eq!(dropped.get(b"HTTP_X_FORWARDED_FOR"), Some(&b"a"[..]));
+        let kept = environ(head, &Config::default().keep_underscore_headers(true));
+        assert_eq!(kept.get(b"HTTP_X_FORWARDED_FOR"), Some(&b"a,b"[..]));
     }
 }
