@@ -190,6 +190,14 @@ impl Started {
 }
 
 /// A started response and its body, returned by a [`Handler`].
+///
+/// Only [`Started::body`] makes one, so a handler cannot answer without starting a response:
+///
+/// ```compile_fail
+/// fn app(_: &mut sgi::Environ<'_>, _: sgi::StartResponse<'_>) -> Result<sgi::Response, sgi::BoxError> {
+///     Ok(sgi::Response { head: Default::default(), body: "no start_response".into() })
+/// }
+/// ```
 #[derive(Debug)]
 pub struct Response {
     pub(crate) head: ResponseHead,

@@ -33,6 +33,18 @@
 //! - Errors returned by a handler become `500`; panics are caught at the connection boundary and
 //!   also become `500` (or a closed connection when the response had begun).
 //!
+//! # Choosing a runner
+//!
+//! | runner | model | concurrency | an idle keep-alive client costs | `Sync` buys |
+//! |---|---|---|---|---|
+//! | [`runner::Serial`] | one connection at a time | 1 | the whole server, up to the keep-alive timeout | nothing: one request at a time |
+//! | [`runner::Threaded`] | a thread per connection | live connections, bounded | a thread | sharing state across threads |
+//! | [`runner::ThreadPool`] (default) | N workers behind a poller that buffers heads | N requests | a buffer | sharing state across threads |
+//! | [`runner::Forking`] | a child process per connection | live children, bounded | a process | nothing: each child has its own copy |
+//!
+//! Pick by name with [`runner::by_name`] (`serial`, `threads`, `pool`, `fork`). The README has
+//! measured figures for each on the same handlers.
+//!
 //! # Limits and defaults
 //!
 //! Every limit and timeout is on [`Config`], each setter documenting its default. Bad input gets
@@ -48,7 +60,13 @@
 //!
 //! # Platform notes
 //!
-//! Unix only for now: the runners wait on `poll(2)` and a self-pipe.
+//! Unix only for now: the runners wait on `poll(2)` (or epoll, through `mio`) and a self-pipe.
+//! [`runner::Forking`] forks, which is only sound in a single-threaded process: it checks the
+//! thread count and refuses with [`Error::NotSingleThreaded`] otherwise, so start it from `main`
+//! before anything spawns a thread. Under `panic = "abort"` a panicking handler ends its process:
+//! a fork child dies with its one connection, the thread runners take the whole server down.
+//! [`Server::serve`] routes SIGTERM and SIGINT to a graceful stop unless
+//! [`Server::handle_signals`] turns that off.
 //!
 //! # Versioning and MSRV
 //!

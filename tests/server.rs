@@ -1,0 +1,72 @@
+//! The server builder: addresses it binds, names it resolves, and how it reports what it cannot do.
+
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+fn hello() -> impl sgi::Handler {
+    sgi::handler_fn(|env, start_response| {
+        let body = format!("{} {}", env.get("SERVER_NAME").unwrap_or("?"), env.get("REMOTE_ADDR").unwrap_or("?"));
+        Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body(body))
+    })
+}
+
+fn get(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+}
+
+#[test]
+fn serves_ipv6_loopback() {
+    let server = match sgi::Server::bind((Ipv6Addr::LOCALHOST, 0)) {
+        Ok(server) => server,
+        // A machine without IPv6 cannot run this test; say so rather than pass quietly.
+        Err(e) => panic!("cannot bind [::1]:0 ({e:?}); this test needs IPv6 on loopback"),
+    };
+    let addr = server.local_addr().expect("address");
+    assert!(addr.is_ipv6());
+    let stop = server.shutdown_handle();
+    let serving = std::thread::spawn(move || server.handle_signals(false).serve(hello()));
+    let response = get(addr);
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.ends_with("\r\n\r\n::1 ::1"), "{response}");
+    stop.shutdown();
+    serving.join().expect("server thread").expect("serve");
+}
+
+#[test]
+fn listen_takes_host_port_and_unix_paths() {
+    let tcp = sgi::Server::listen("127.0.0.1:0").expect("tcp");
+    assert_eq!(tcp.local_addr().expect("address").ip().to_string(), "127.0.0.1");
+    let path = std::env::temp_dir().join(format!("sgi-server-test-{}.sock", std::process::id()));
+    let unix = sgi::Server::listen(&format!("unix:{}", path.display())).expect("unix");
+    assert!(path.exists());
+    assert!(unix.local_addr().is_err(), "a unix socket has no IP address");
+    drop(unix);
+    assert!(!path.exists(), "the socket file goes with the server");
+}
+
+#[test]
+fn binding_a_taken_port_is_an_io_error() {
+    let first = sgi::Server::bind("127.0.0.1:0").expect("first");
+    let addr = first.local_addr().expect("address");
+    match sgi::Server::bind(addr) {
+        Err(sgi::Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse),
+        other => panic!("expected AddrInUse, got {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_runner_names_say_which_exist() {
+    let err = sgi::runner::by_name("gevent", 4).err().expect("unknown runner");
+    let message = err.to_string();
+    assert!(matches!(err, sgi::Error::UnknownRunner(_)));
+    for name in sgi::runner::NAMES {
+        assert!(message.contains(name), "{message}");
+        assert_eq!(sgi::runner::by_name(name, 4).expect("known").name(), *name);
+    }
+}
