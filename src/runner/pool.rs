@@ -1,5 +1,5 @@
-//! The thread-pool runner: a poller thread watches every connection between requests, a fixed
-//! set of workers runs the handler.
+//! The thread-pool runner: a fixed set of worker threads that take turns watching every
+//! connection (leader/followers) and run the handler.
 
 use std::collections::VecDeque;
 use std::io;
@@ -30,28 +30,30 @@ const FIRST_CONN: usize = 3;
 /// How often parked connections are checked for their timeouts while any is open.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A fixed pool of worker threads behind a poller, like gunicorn's gthread worker, with
-/// waitress's slow-client isolation.
+/// A fixed pool of worker threads that also watch the connections between requests, like
+/// gunicorn's gthread worker, with waitress's slow-client isolation.
 ///
-/// One poller thread (the thread that calls `serve`) accepts connections and watches every
-/// connection between requests: it reads request bytes as they arrive and hands a connection to
-/// a worker only once a whole request head is buffered. A client that trickles its head, or sits
-/// idle on keep-alive, costs a buffer, never a worker: 4 workers serve 64 keep-alive clients, or
-/// a thousand, and slowloris gets a `408` at the header deadline without ever touching a worker.
-/// A worker serves the request (reading the body, if any, from the socket with
-/// [`Config::body_timeout`](crate::Config::body_timeout)), then every further request that has
-/// already arrived (pipelining, or a client quicker than the handoff), then leaves the
-/// connection for the poller to watch.
+/// The workers take turns (leader/followers): one of them, the leader, waits for readiness on
+/// every connection and the listener, accepts, and reads request bytes as they arrive; a
+/// connection becomes work only once a whole request head is buffered. A client that trickles
+/// its head, or sits idle on keep-alive, costs a buffer, never a worker: 4 workers serve 64
+/// keep-alive clients, or a thousand, and slowloris gets a `408` at the header deadline without
+/// ever holding a worker. When a wait brings complete requests, the leader queues all but one,
+/// hands the leadership to an idle worker, and serves the one it kept itself, so a request is
+/// usually served on the thread that read it, with no handoff. A worker serves its request
+/// (reading the body, if any, with [`Config::body_timeout`](crate::Config::body_timeout)), then
+/// every further request that has already arrived (pipelining, or a quick client), then parks
+/// the connection again.
 ///
 /// Each socket is registered once, edge-triggered, and stays non-blocking for its whole life;
-/// a connection parks in its slot, and whoever (poller or worker) finds bytes for it takes it.
-/// A keep-alive request costs three system calls on the server besides the shared `epoll_wait`:
-/// the poller's read, the worker's write, and the worker's read that finds nothing more.
+/// a parked connection waits in its slot, and whoever finds bytes for it takes it. A keep-alive
+/// request costs three system calls besides the shared `epoll_wait`: the read that brings it,
+/// the write of the response, and the read that finds nothing more.
 ///
-/// Backpressure: connections with a complete request wait in a bounded queue (twice the number
-/// of workers); when it is full they stay in the poller, which keeps their bytes unread. At
-/// [`ThreadPool::max_connections`] open connections the poller stops accepting, and new clients
-/// wait in the listen backlog.
+/// Backpressure: requests wait in a queue that holds at most one per open connection; at
+/// [`ThreadPool::max_connections`] open connections the pool stops accepting, and new clients
+/// wait in the listen backlog. While every worker is busy nobody accepts or reads: new requests
+/// wait in the kernel until a worker is free.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), sgi::Error> {
@@ -107,85 +109,95 @@ struct Slot {
     since: Option<Instant>,
 }
 
-/// The bounded queue between the poller and the workers.
+/// The queue between leaders and workers, and the leadership itself.
 struct Queue {
     state: Mutex<QueueState>,
-    /// Signalled when a job is pushed or the queue closes.
-    ready: Condvar,
-    capacity: usize,
+    /// Signalled when a job is queued, the leadership is free, or the pool stops.
+    changed: Condvar,
 }
 
 struct QueueState {
     jobs: VecDeque<Job>,
-    /// Workers waiting for a job: a push wakes one only when one waits.
+    /// Workers waiting: a change wakes one only when one waits.
     idle: usize,
+    /// Whether a worker is leading (waiting for readiness).
+    leading: bool,
+    /// No new leader: the pool is stopping.
+    stopping: bool,
+    /// No more jobs will come: workers exit once the queue is empty.
     closed: bool,
 }
 
-impl Queue {
-    fn new(capacity: usize) -> Queue {
-        Queue {
-            state: Mutex::new(QueueState { jobs: VecDeque::with_capacity(capacity), idle: 0, closed: false }),
-            ready: Condvar::new(),
-            capacity,
-        }
-    }
+/// What a worker does next.
+enum Turn {
+    Work(Job),
+    Lead,
+    Exit,
+}
 
+impl Queue {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a job, or gives it back when the queue is full.
-    fn try_push(&self, job: Job) -> std::result::Result<(), Job> {
-        let mut state = self.lock();
-        if state.jobs.len() >= self.capacity {
-            return Err(job);
-        }
-        state.jobs.push_back(job);
-        let wake = state.idle > 0;
-        drop(state);
-        if wake {
-            self.ready.notify_one();
-        }
-        Ok(())
-    }
-
-    /// The next job; `None` once the queue is closed and empty.
-    fn pop(&self) -> Option<Job> {
+    /// Waits for a job, or for the leadership to be free.
+    fn next_turn(&self) -> Turn {
         let mut state = self.lock();
         loop {
             if let Some(job) = state.jobs.pop_front() {
-                return Some(job);
+                return Turn::Work(job);
             }
             if state.closed {
-                return None;
+                return Turn::Exit;
+            }
+            if !state.leading && !state.stopping {
+                state.leading = true;
+                return Turn::Lead;
             }
             state.idle += 1;
-            state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
             state.idle -= 1;
         }
     }
 
-    /// Lets the workers finish what is queued, then stop.
-    fn close(&self, remaining: impl IntoIterator<Item = Job>) {
+    /// Ends a turn as leader: queues the jobs it found, frees the leadership, and wakes idle
+    /// workers, one to lead and one per queued job.
+    fn end_lead(&self, jobs: impl Iterator<Item = Job>) {
         let mut state = self.lock();
-        state.jobs.extend(remaining);
-        state.closed = true;
+        state.jobs.extend(jobs);
+        state.leading = false;
+        let wake = state.idle.min(state.jobs.len() + 1);
         drop(state);
-        self.ready.notify_all();
+        for _ in 0..wake {
+            self.changed.notify_one();
+        }
+    }
+
+    /// No new leader from now on.
+    fn stop(&self) {
+        self.lock().stopping = true;
+        self.changed.notify_all();
+    }
+
+    /// Lets the workers finish what is queued, then exit.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
     }
 }
 
-/// What workers share with the poller.
+/// What the workers share.
 struct Shared {
     ctx: Arc<ServeContext>,
     queue: Queue,
+    /// The readiness poller and the listener, used by whichever worker leads.
+    poller: Mutex<Poller>,
     slots: Vec<Mutex<Slot>>,
     free: Mutex<Vec<usize>>,
     waker: Waker,
     /// Open connections: parked, queued or with a worker.
     open: AtomicUsize,
-    /// The poller stopped accepting at the connection cap and wants a wake-up when one closes.
+    /// Accepting paused at the connection cap: a closing connection wakes the leader.
     paused: AtomicBool,
     /// Workers still running, for the graceful stop.
     running: Mutex<usize>,
@@ -273,12 +285,32 @@ impl Runner for ThreadPool {
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut SourceFd(&ctx.shutdown.wake_fd()), SHUTDOWN, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let poller = Poller {
+            poll,
+            events: Events::with_capacity(256),
+            listener: Some(listener),
+            accepting: true,
+            found: Vec::new(),
+            next_sweep: Instant::now() + SWEEP_INTERVAL,
+            error: None,
+        };
         let shared = Arc::new(Shared {
             ctx: Arc::clone(&ctx),
-            queue: Queue::new(self.workers * 2),
+            queue: Queue {
+                state: Mutex::new(QueueState {
+                    jobs: VecDeque::new(),
+                    idle: 0,
+                    leading: false,
+                    stopping: false,
+                    closed: false,
+                }),
+                changed: Condvar::new(),
+            },
+            poller: Mutex::new(poller),
             slots: (0..self.max_connections).map(|_| Mutex::default()).collect(),
             free: Mutex::new((0..self.max_connections).rev().collect()),
-            waker: Waker::new(poll.registry(), WAKER)?,
+            waker,
             open: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
             running: Mutex::new(self.workers),
@@ -299,18 +331,35 @@ impl Runner for ThreadPool {
                 }
             }
         }
-        let mut poller =
-            Poller { poll, listener, accepting: true, backlog: VecDeque::new(), shared: Arc::clone(&shared) };
-        let result = poller.run();
-        // Graceful stop: stop listening and close idle connections now; queued requests still go
-        // to the workers, which finish them and exit when the queue closes.
-        let Poller { backlog, listener, .. } = poller;
-        drop(listener);
+        // This thread only waits for the stop, then conducts it.
+        while !ctx.shutdown.is_requested() {
+            crate::sys::unix::wait_readable(&[ctx.shutdown.wake_fd()], None)?;
+        }
+        // Graceful stop: no new leader; once the current one is back, stop listening and close
+        // idle connections; queued requests are still served, then the workers exit.
+        shared.queue.stop();
+        let _ = shared.waker.wake();
+        let result = {
+            let mut poller = shared.poller.lock().unwrap_or_else(|e| e.into_inner());
+            // Clients that connected while every worker was busy may have sent a request already:
+            // take them in, so the sweep below serves them, before closing the listener.
+            poller.accept(&shared);
+            poller.listener = None;
+            poller.error.take().map_or(Ok(()), Err)
+        };
+        // A request that arrived while every worker was busy is still in its socket: serve it;
+        // close the connections with nothing (or only part of a head) to serve.
+        let mut last = Vec::new();
         for index in 0..shared.slots.len() {
             let parked = shared.slot(index).conn.take();
-            drop(parked);
+            let Some(mut conn) = parked else { continue };
+            match read_until_head(&mut conn) {
+                Read::Head => last.push(Job { conn, slot: index, reject: None }),
+                _ => shared.close(conn, index),
+            }
         }
-        shared.queue.close(backlog);
+        shared.queue.end_lead(last.into_iter());
+        shared.queue.close();
         let running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
         let (running, _) = shared
             .stopped
@@ -328,19 +377,37 @@ impl Runner for ThreadPool {
     }
 }
 
-/// A worker: takes jobs until the queue closes.
+/// A worker: serves queued requests, and leads when nobody does, until the pool closes.
 fn work(shared: &Shared) {
-    while let Some(Job { conn, slot, reject }) = shared.queue.pop() {
-        match reject {
-            Some(error) => {
-                let mut conn = conn;
-                conn.reject(error);
-                shared.close(conn, slot);
+    loop {
+        match shared.queue.next_turn() {
+            Turn::Work(job) => handle(shared, job),
+            Turn::Exit => break,
+            Turn::Lead => {
+                let mine = {
+                    let mut poller = shared.poller.lock().unwrap_or_else(|e| e.into_inner());
+                    let mine = poller.lead(shared);
+                    let rest = poller.found.drain(..);
+                    shared.queue.end_lead(rest);
+                    mine
+                };
+                if let Some(job) = mine {
+                    handle(shared, job);
+                }
             }
-            None => serve(shared, conn, slot),
         }
     }
     shared.worker_stopped();
+}
+
+fn handle(shared: &Shared, Job { mut conn, slot, reject }: Job) {
+    match reject {
+        Some(error) => {
+            conn.reject(error);
+            shared.close(conn, slot);
+        }
+        None => serve(shared, conn, slot),
+    }
 }
 
 /// Serves a connection's requests for as long as they keep coming without a wait, then parks it.
@@ -366,63 +433,90 @@ fn serve(shared: &Shared, mut conn: Box<Conn<Stream>>, slot: usize) {
     }
 }
 
+/// The readiness side of the pool, used by the leader of the moment.
 struct Poller {
     poll: Poll,
-    listener: Listener,
+    events: Events,
+    /// `None` once the pool stops accepting for good.
+    listener: Option<Listener>,
     accepting: bool,
-    /// Jobs the queue had no room for, oldest first.
-    backlog: VecDeque<Job>,
-    shared: Arc<Shared>,
+    /// Jobs found by the current turn of leadership.
+    found: Vec<Job>,
+    next_sweep: Instant,
+    /// A fatal error of the listener or the poller, for `serve` to return.
+    error: Option<crate::Error>,
 }
 
 impl Poller {
-    fn run(&mut self) -> Result<()> {
-        let mut events = Events::with_capacity(256);
-        let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+    /// Waits for readiness until at least one request is complete (returned; any others are in
+    /// `found`) or the pool stops (`None`).
+    fn lead(&mut self, shared: &Shared) -> Option<Job> {
         loop {
+            if shared.ctx.shutdown.is_requested() || self.listener.is_none() || self.error.is_some() {
+                return None;
+            }
             // An idle server sleeps until something happens; a busy one also wakes to sweep.
-            let timeout = if self.shared.open.load(Ordering::SeqCst) == 0 && self.backlog.is_empty() {
+            let timeout = if shared.open.load(Ordering::SeqCst) == 0 {
                 None
             } else {
-                Some(next_sweep.saturating_duration_since(Instant::now()))
+                Some(self.next_sweep.saturating_duration_since(Instant::now()))
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.fail(shared, e.into());
                 }
-                return Err(e.into());
+                continue;
             }
-            if self.shared.ctx.shutdown.is_requested() {
-                return Ok(());
-            }
+            // Taken out for the loop, which needs `self`; an empty `Events` allocates nothing.
+            let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+            let mut stop = false;
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept()?,
-                    SHUTDOWN => return Ok(()),
+                    LISTENER => self.accept(shared),
+                    SHUTDOWN => stop = true,
                     WAKER => {}
-                    Token(t) => self.on_readable(t - FIRST_CONN),
+                    Token(t) => self.on_readable(shared, t - FIRST_CONN),
                 }
             }
-            self.flush_backlog();
-            self.resume_accepting()?;
-            if Instant::now() >= next_sweep {
-                self.sweep();
-                next_sweep = Instant::now() + SWEEP_INTERVAL;
+            self.events = events;
+            if stop {
+                return self.take_found();
+            }
+            self.resume_accepting(shared);
+            if Instant::now() >= self.next_sweep {
+                self.sweep(shared);
+                self.next_sweep = Instant::now() + SWEEP_INTERVAL;
+            }
+            if !self.found.is_empty() {
+                return self.take_found();
             }
         }
     }
 
-    fn accept(&mut self) -> Result<()> {
+    /// The first job found, for the leader itself; the rest stay in `found` for the queue.
+    fn take_found(&mut self) -> Option<Job> {
+        (!self.found.is_empty()).then(|| self.found.remove(0))
+    }
+
+    /// Records a fatal error and stops the pool.
+    fn fail(&mut self, shared: &Shared, error: crate::Error) {
+        shared.ctx.config.log(&format!("pool stopping: {error}"));
+        self.error = Some(error);
+        shared.ctx.shutdown.shutdown();
+    }
+
+    fn accept(&mut self, shared: &Shared) {
         while self.accepting {
-            let free = self.shared.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(listener) = &self.listener else { return };
+            let free = shared.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let Some(index) = free else {
                 // At the cap: leave new clients in the backlog until a connection closes.
-                self.poll.registry().deregister(&mut SourceFd(&self.listener.as_raw_fd()))?;
+                let _ = self.poll.registry().deregister(&mut SourceFd(&listener.as_raw_fd()));
                 self.accepting = false;
-                self.shared.paused.store(true, Ordering::SeqCst);
-                break;
+                shared.paused.store(true, Ordering::SeqCst);
+                return;
             };
-            match self.listener.accept() {
+            match listener.accept() {
                 Ok((mut stream, peer)) => {
                     let fd = stream.as_raw_fd();
                     let registered = stream.set_nonblocking(true).and_then(|()| {
@@ -430,40 +524,44 @@ impl Poller {
                         self.poll.registry().register(&mut SourceFd(&fd), token, Interest::READABLE)
                     });
                     if registered.is_err() {
-                        self.shared.free.lock().unwrap_or_else(|e| e.into_inner()).push(index);
+                        shared.free.lock().unwrap_or_else(|e| e.into_inner()).push(index);
                         continue;
                     }
-                    self.shared.open.fetch_add(1, Ordering::SeqCst);
-                    let conn = Box::new(Conn::new(stream, peer, Arc::clone(&self.shared.ctx)));
+                    shared.open.fetch_add(1, Ordering::SeqCst);
+                    let conn = Box::new(Conn::new(stream, peer, Arc::clone(&shared.ctx)));
                     // Registering reports bytes already waiting, so the first request is not missed.
-                    *self.shared.slot(index) = Slot { conn: Some(conn), pending: false, since: Some(Instant::now()) };
+                    *shared.slot(index) = Slot { conn: Some(conn), pending: false, since: Some(Instant::now()) };
                 }
                 Err(e) => {
-                    self.shared.free.lock().unwrap_or_else(|e| e.into_inner()).push(index);
+                    shared.free.lock().unwrap_or_else(|e| e.into_inner()).push(index);
                     if e.kind() == io::ErrorKind::WouldBlock {
-                        break;
+                        return;
                     }
-                    super::accept_error(&self.shared.ctx, e)?;
+                    if let Err(e) = super::accept_error(&shared.ctx, e) {
+                        return self.fail(shared, e);
+                    }
                 }
             }
         }
-        Ok(())
     }
 
-    fn resume_accepting(&mut self) -> Result<()> {
-        if !self.accepting && self.shared.open.load(Ordering::SeqCst) < self.shared.slots.len() {
-            self.shared.paused.store(false, Ordering::SeqCst);
-            self.poll.registry().register(&mut SourceFd(&self.listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
+    fn resume_accepting(&mut self, shared: &Shared) {
+        let Some(listener) = &self.listener else { return };
+        if !self.accepting && shared.open.load(Ordering::SeqCst) < shared.slots.len() {
+            shared.paused.store(false, Ordering::SeqCst);
+            let fd = listener.as_raw_fd();
+            if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), LISTENER, Interest::READABLE) {
+                return self.fail(shared, e.into());
+            }
             self.accepting = true;
             // Clients may have queued in the backlog meanwhile, and no new edge will announce them.
-            self.accept()?;
+            self.accept(shared);
         }
-        Ok(())
     }
 
     /// Bytes came for a connection: read them if it is parked, else tell whoever has it.
-    fn on_readable(&mut self, index: usize) {
-        let Some(slot) = self.shared.slots.get(index) else { return };
+    fn on_readable(&mut self, shared: &Shared, index: usize) {
+        let Some(slot) = shared.slots.get(index) else { return };
         let taken = {
             let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
             match slot.conn.take() {
@@ -475,51 +573,31 @@ impl Poller {
             }
         };
         let Some(mut conn) = taken else { return };
-        match read_until_head(&mut conn) {
-            Read::Head => self.dispatch(Job { conn, slot: index, reject: None }),
-            Read::Blocked => {
-                if let Some(conn) = self.shared.park(conn, index) {
-                    // Cannot happen while the poller holds the connection; read it again anyway.
-                    self.on_readable_again(conn, index);
+        loop {
+            match read_until_head(&mut conn) {
+                Read::Head => self.found.push(Job { conn, slot: index, reject: None }),
+                Read::Blocked => {
+                    // Only a stale announcement can leave `pending` set: read again.
+                    if let Some(again) = shared.park(conn, index) {
+                        conn = again;
+                        continue;
+                    }
                 }
+                Read::Gone => shared.close(conn, index),
+                Read::Bad(error) => self.found.push(Job { conn, slot: index, reject: Some(error) }),
             }
-            Read::Gone => self.shared.close(conn, index),
-            Read::Bad(error) => self.dispatch(Job { conn, slot: index, reject: Some(error) }),
-        }
-    }
-
-    fn on_readable_again(&mut self, conn: Box<Conn<Stream>>, index: usize) {
-        self.shared.slot(index).conn = Some(conn);
-        self.on_readable(index);
-    }
-
-    fn dispatch(&mut self, job: Job) {
-        if !self.backlog.is_empty() {
-            self.backlog.push_back(job);
             return;
-        }
-        if let Err(job) = self.shared.queue.try_push(job) {
-            self.backlog.push_back(job);
-        }
-    }
-
-    fn flush_backlog(&mut self) {
-        while let Some(job) = self.backlog.pop_front() {
-            if let Err(job) = self.shared.queue.try_push(job) {
-                self.backlog.push_front(job);
-                return;
-            }
         }
     }
 
     /// Closes parked connections idle past the keep-alive timeout and answers `408` to heads
     /// that missed their deadline.
-    fn sweep(&mut self) {
+    fn sweep(&mut self, shared: &Shared) {
         let now = Instant::now();
-        let keepalive = self.shared.ctx.config.keepalive_timeout;
-        for index in 0..self.shared.slots.len() {
+        let keepalive = shared.ctx.config.keepalive_timeout;
+        for index in 0..shared.slots.len() {
             let expired = {
-                let mut slot = self.shared.slot(index);
+                let mut slot = shared.slot(index);
                 let due = match &slot.conn {
                     Some(conn) => conn.head_deadline().or_else(|| Some(slot.since? + keepalive?)),
                     None => None,
@@ -531,9 +609,9 @@ impl Poller {
             };
             let Some(conn) = expired else { continue };
             if conn.head_deadline().is_some() {
-                self.dispatch(Job { conn, slot: index, reject: Some(ParseError::Timeout) });
+                self.found.push(Job { conn, slot: index, reject: Some(ParseError::Timeout) });
             } else {
-                self.shared.close(conn, index);
+                shared.close(conn, index);
             }
         }
     }
