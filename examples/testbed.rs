@@ -126,23 +126,5 @@ impl Handler for Testbed {
 
 fn main() {
     // Everything before `serve` stays on this one thread: the fork runner requires it.
-    let options = common::options("testbed");
-    let config = config_from_env();
-    let server = sgi::Server::listen(&options.bind).unwrap_or_else(|e| {
-        eprintln!(
-            "error: cannot listen on {}: {e} ({})",
-            options.bind,
-            std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
-        );
-        exit(1)
-    });
-    let url = match server.local_addr() {
-        Ok(addr) => format!("http://{addr}/"),
-        Err(_) => options.bind.clone(),
-    };
-    println!("testbed: serving on {url} with the {} runner", options.runner.name());
-    if let Err(e) = server.runner(options.runner).config(config).serve(Testbed) {
-        eprintln!("error: {e}");
-        exit(1);
-    }
+    common::serve_with("testbed", config_from_env(), Testbed);
 }

@@ -45,6 +45,11 @@ fn usage(example: &str, problem: &str) -> ! {
 /// Binds, prints the URL, and serves `handler` until the process is stopped.
 #[allow(dead_code)]
 pub fn serve(example: &str, handler: impl sgi::Handler) {
+    serve_with(example, sgi::Config::default(), handler);
+}
+
+/// [`serve`] with a configuration of the example's choosing.
+pub fn serve_with(example: &str, config: sgi::Config, handler: impl sgi::Handler) {
     let options = options(example);
     let server = sgi::Server::listen(&options.bind).unwrap_or_else(|e| {
         eprintln!(
@@ -59,7 +64,7 @@ pub fn serve(example: &str, handler: impl sgi::Handler) {
         Err(_) => options.bind.clone(),
     };
     println!("{example}: serving on {url} with the {} runner", options.runner.name());
-    if let Err(e) = server.runner(options.runner).serve(handler) {
+    if let Err(e) = server.runner(options.runner).config(config).serve(handler) {
         eprintln!("error: {e}");
         exit(1);
     }
