@@ -39,7 +39,7 @@
 //! |---|---|---|---|---|
 //! | [`runner::Serial`] | one connection at a time | 1 | the whole server, up to the keep-alive timeout | nothing: one request at a time |
 //! | [`runner::Threaded`] | a thread per connection | live connections, bounded | a thread | sharing state across threads |
-//! | [`runner::ThreadPool`] (default) | N workers behind a poller that buffers heads | N requests | a buffer | sharing state across threads |
+//! | [`runner::ThreadPool`] (default) | N workers taking turns at watching connections; heads buffered before a worker is committed | N requests | a buffer | sharing state across threads |
 //! | [`runner::Forking`] | a child process per connection | live children, bounded | a process | nothing: each child has its own copy |
 //!
 //! Pick by name with [`runner::by_name`] (`serial`, `threads`, `pool`, `fork`). The README has
