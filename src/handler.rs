@@ -122,11 +122,13 @@ impl<'r> StartResponse<'r> {
     /// the framing headers (`Content-Length` or `Transfer-Encoding`, and `Connection`).
     ///
     /// # Errors
-    /// [`Error::InvalidStatus`] for a malformed status or a code outside 200..=999;
-    /// [`Error::InvalidHeaderName`] for a name that is not a token; [`Error::InvalidHeaderValue`]
-    /// for a value with CR, LF, NUL or another control character (no response splitting), or a
-    /// malformed `Content-Length`; [`Error::HopByHopHeader`] for `Connection`, `Keep-Alive`,
-    /// `Transfer-Encoding`, `TE`, `Trailer`, `Upgrade` and `Proxy-*`, which only the server sets.
+    /// A [`StartError`] holding [`Error::InvalidStatus`] for a malformed status or a code outside
+    /// 200..=999; [`Error::InvalidHeaderName`] for a name that is not a token;
+    /// [`Error::InvalidHeaderValue`] for a value with CR, LF, NUL or another control character
+    /// (no response splitting), or a malformed `Content-Length`; [`Error::HopByHopHeader`] for
+    /// `Connection`, `Keep-Alive`, `Transfer-Encoding`, `TE`, `Trailer`, `Upgrade` and
+    /// `Proxy-*`, which only the server sets. The `StartResponse` comes back inside it, so the
+    /// handler can still answer otherwise; `?` turns it into the handler's error (a `500`).
     ///
     /// ```
     /// fn app(_: &mut sgi::Environ<'_>, start_response: sgi::StartResponse<'_>) -> Result<sgi::Response, sgi::BoxError> {
@@ -136,15 +138,87 @@ impl<'r> StartResponse<'r> {
     /// # fn takes(_: impl sgi::Handler) {}
     /// takes(app);
     /// ```
-    pub fn start<I, K, V>(self, status: &str, headers: I) -> Result<Started, Error>
+    ///
+    /// Recovering from a header the application got wrong:
+    ///
+    /// ```
+    /// fn app(_: &mut sgi::Environ<'_>, start_response: sgi::StartResponse<'_>) -> Result<sgi::Response, sgi::BoxError> {
+    ///     let echoed = "evil\r\nSet-Cookie: session=stolen";
+    ///     match start_response.start("200 OK", [("X-Echo", echoed)]) {
+    ///         Ok(started) => Ok(started.body("")),
+    ///         Err(refused) => {
+    ///             assert!(matches!(refused.error(), sgi::Error::InvalidHeaderValue));
+    ///             let start_response = refused.into_start_response();
+    ///             Ok(start_response.start("400 Bad Request", [("Content-Type", "text/plain")])?.body("bad input\n"))
+    ///         }
+    ///     }
+    /// }
+    /// # fn takes(_: impl sgi::Handler) {}
+    /// takes(app);
+    /// ```
+    pub fn start<I, K, V>(self, status: &str, headers: I) -> Result<Started, StartError<'r>>
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<str>,
         V: AsRef<[u8]>,
     {
         let mut head = std::mem::take(self.head);
-        fill(&mut head, status, headers)?;
-        Ok(Started { head })
+        match fill(&mut head, status, headers) {
+            Ok(()) => Ok(Started { head }),
+            Err(error) => {
+                // The buffer goes back with the StartResponse; the next `start` clears it.
+                *self.head = head;
+                Err(StartError { error, start_response: self })
+            }
+        }
+    }
+}
+
+/// [`StartResponse::start`] refused a status or a header: the reason, and the `StartResponse`
+/// back, to answer otherwise. `?` in a handler turns it into the handler's error.
+pub struct StartError<'r> {
+    error: Error,
+    start_response: StartResponse<'r>,
+}
+
+impl<'r> StartError<'r> {
+    /// Why the status or a header was refused.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The `StartResponse`, to start a different response.
+    pub fn into_start_response(self) -> StartResponse<'r> {
+        self.start_response
+    }
+
+    /// The reason alone.
+    pub fn into_error(self) -> Error {
+        self.error
+    }
+}
+
+impl std::fmt::Debug for StartError<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartError").field("error", &self.error).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for StartError<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl From<StartError<'_>> for Error {
+    fn from(e: StartError<'_>) -> Error {
+        e.error
+    }
+}
+
+impl From<StartError<'_>> for BoxError {
+    fn from(e: StartError<'_>) -> BoxError {
+        Box::new(e.error)
     }
 }
 

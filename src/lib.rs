@@ -106,6 +106,6 @@ pub use config::{
 };
 pub use environ::{Environ, ErrorStream, Extensions, Input, RunnerFlags};
 pub use error::{Error, ParseError, Result};
-pub use handler::{handler_fn, BoxError, Handler, Response, StartResponse, Started};
+pub use handler::{handler_fn, BoxError, Handler, Response, StartError, StartResponse, Started};
 pub use server::{Server, DEFAULT_BACKLOG};
 pub use shutdown::ShutdownHandle;

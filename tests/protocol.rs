@@ -432,13 +432,19 @@ fn response_splitting_is_refused_to_the_handler() {
     let log = Arc::clone(&seen);
     let server = serve(handler_fn(move |env, start_response| {
         if env.path_info() == b"/start" {
-            // `start` consumes its StartResponse: an error there can only end in a 500.
-            let error = match start_response.start("200 OK", [("X", "a\r\nb")]) {
-                Ok(_) => "ok".to_owned(),
-                Err(e) => format!("{e:?}"),
+            // A refused `start` gives the StartResponse back: the handler answers otherwise.
+            return match start_response.start("200 OK", [("X", "a\r\nb")]) {
+                Ok(started) => Ok(started.body("ok")),
+                Err(refused) => {
+                    log.lock().unwrap().push(format!("{:?}", refused.error()));
+                    let start_response = refused.into_start_response();
+                    Ok(start_response.start("502 Bad Gateway", [("Content-Type", "text/plain")])?.body("refused\n"))
+                }
             };
-            log.lock().unwrap().push(error.clone());
-            return Err(error.into());
+        }
+        if env.path_info() == b"/start-question-mark" {
+            // `?` turns the refusal into the handler's error: a 500.
+            return Ok(start_response.start("200 OK", [("X", "a\r\nb")])?.body("ok"));
         }
         let mut response = start_response.start("200 OK", [("Content-Type", "text/plain")])?.body("");
         let report = [
@@ -463,9 +469,15 @@ fn response_splitting_is_refused_to_the_handler() {
     assert_eq!(responses[0].header("x-fine"), Some("v"));
 
     let bytes = raw(server.addr(), get("/start").as_bytes());
-    assert_eq!(statuses(&parse_responses(&bytes)), [500]);
+    let responses = parse_responses(&bytes);
+    assert_eq!(statuses(&responses), [502]);
+    assert_eq!(responses[0].body_str(), "refused\n");
     assert!(support::find(&bytes, b"\r\nb").is_none(), "{}", show(&bytes));
     assert_eq!(*seen.lock().unwrap(), ["InvalidHeaderValue"]);
+
+    let bytes = raw(server.addr(), get("/start-question-mark").as_bytes());
+    assert_eq!(statuses(&parse_responses(&bytes)), [500]);
+    assert!(support::find(&bytes, b"\r\nb").is_none(), "{}", show(&bytes));
 }
 
 #[test]
