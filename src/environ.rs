@@ -41,6 +41,7 @@ impl Vars {
     }
 
     /// Marks where header fields start: [`Vars::push_or_join`] looks for repeats from here on.
+    #[inline]
     pub(crate) fn begin_fields(&mut self) {
         self.fields_from = self.entries.len();
         self.fingerprints.clear();
@@ -48,6 +49,7 @@ impl Vars {
     }
 
     /// Takes back a key just written with [`Vars::key_with`].
+    #[inline]
     pub(crate) fn unwrite_key(&mut self, key: Slot) {
         if let Slot::Arena { start, end } = key {
             if end == self.arena.len() {
@@ -62,6 +64,7 @@ impl Vars {
         self.arena.reserve(bytes);
     }
 
+    #[inline]
     fn bytes(&self, slot: Slot) -> &[u8] {
         match slot {
             Slot::Static(s) => s,
@@ -69,16 +72,19 @@ impl Vars {
         }
     }
 
+    #[inline]
     pub(crate) fn push_static(&mut self, key: &'static [u8], value: &'static [u8]) -> usize {
         self.entries.push((Slot::Static(key), Slot::Static(value)));
         self.entries.len() - 1
     }
 
+    #[inline]
     pub(crate) fn push_copy(&mut self, key: Slot, value: &[u8]) -> usize {
         self.push_with(key, |out| out.extend_from_slice(value))
     }
 
     /// Pushes an entry whose value `write` appends to the arena.
+    #[inline]
     pub(crate) fn push_with(&mut self, key: Slot, write: impl FnOnce(&mut Vec<u8>)) -> usize {
         let start = self.arena.len();
         write(&mut self.arena);
@@ -87,6 +93,7 @@ impl Vars {
     }
 
     /// Writes a key into the arena with `write` and returns where it is.
+    #[inline]
     pub(crate) fn key_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> Slot {
         let start = self.arena.len();
         write(&mut self.arena);
@@ -96,6 +103,7 @@ impl Vars {
     /// Pushes a header field's `key` (the last thing written to the arena, or static) with
     /// `value`; if a field with that key is there already, appends `,` and `value` to it
     /// instead (how repeated fields are joined). Equal keys have equal `fingerprint`s.
+    #[inline]
     pub(crate) fn push_or_join(&mut self, key: Slot, fingerprint: u64, value: &[u8]) {
         let key_bytes = self.bytes(key);
         let from = self.fields_from;
@@ -127,6 +135,7 @@ impl Vars {
         self.entries[i].1 = Slot::Arena { start, end: self.arena.len() };
     }
 
+    #[inline]
     pub(crate) fn value_of(&self, index: usize) -> &[u8] {
         self.bytes(self.entries[index].1)
     }
