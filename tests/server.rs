@@ -70,3 +70,63 @@ fn unknown_runner_names_say_which_exist() {
         assert_eq!(sgi::runner::by_name(name, 4).expect("known").name(), *name);
     }
 }
+
+/// Sends one request on `stream` and reads its whole (Content-Length framed) response.
+fn exchange(stream: &mut TcpStream) -> std::io::Result<String> {
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        response.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&response);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if response.len() >= end + 4 + len {
+                return Ok(text.into_owned());
+            }
+        }
+    }
+}
+
+#[test]
+fn pool_stops_accepting_at_its_connection_cap_and_resumes_when_one_closes() {
+    let server = sgi::Server::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("address");
+    let stop = server.shutdown_handle();
+    let runner = sgi::runner::ThreadPool::new(2).max_connections(2);
+    let serving = std::thread::spawn(move || server.handle_signals(false).runner(runner).serve(hello()));
+
+    let mut first = TcpStream::connect(addr).expect("first");
+    let mut second = TcpStream::connect(addr).expect("second");
+    for stream in [&mut first, &mut second] {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        assert!(exchange(stream).expect("served").starts_with("HTTP/1.1 200 OK"));
+    }
+    // Both slots are taken by idle keep-alive connections: the third waits in the backlog.
+    let mut third = TcpStream::connect(addr).expect("third connects (backlog)");
+    third.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    let early = exchange(&mut third);
+    assert!(early.is_err(), "answered beyond the cap: {early:?}");
+
+    drop(first);
+    third.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut rest = [0u8; 1024];
+    let mut response = Vec::new();
+    while !String::from_utf8_lossy(&response).contains("\r\n\r\n127.0.0.1 127.0.0.1") {
+        let n = third.read(&mut rest).expect("answered once a slot freed");
+        assert!(n > 0, "closed instead of answered");
+        response.extend_from_slice(&rest[..n]);
+    }
+    assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200 OK"));
+    assert!(exchange(&mut second).expect("still served").starts_with("HTTP/1.1 200 OK"));
+    stop.shutdown();
+    serving.join().expect("server thread").expect("serve");
+}
