@@ -8,23 +8,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sgi::private::HeadParser;
 
-/// What Firefox sends for a page navigation: 14 fields, 635 bytes.
-const BROWSER: &[u8] = b"GET /articles/2024/http-parsing?page=2&sort=recent HTTP/1.1\r\n\
-Host: www.example.com\r\n\
-User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
-Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n\
-Accept-Language: en-US,en;q=0.5\r\n\
-Accept-Encoding: gzip, deflate, br, zstd\r\n\
-Connection: keep-alive\r\n\
-Referer: https://www.example.com/articles/2024/\r\n\
-Cookie: session=8f14e45fceea167a5a36dedd4bea2543; theme=dark; _ga=GA1.2.1234567890.1700000000\r\n\
-Upgrade-Insecure-Requests: 1\r\n\
-Sec-Fetch-Dest: document\r\n\
-Sec-Fetch-Mode: navigate\r\n\
-Sec-Fetch-Site: same-origin\r\n\
-Sec-Fetch-User: ?1\r\n\
-Priority: u=0, i\r\n\
-\r\n";
+/// What Firefox sends for a page navigation: 15 fields, 635 bytes (shared with the allocation test).
+const BROWSER: &[u8] = include_bytes!("../tests/fixtures/requests/browser-head.http");
 
 const SHORT: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
