@@ -2,6 +2,10 @@
 
 use std::io;
 
+/// The runner names, kept here so that the error type depends on nothing above it;
+/// [`crate::runner::NAMES`] re-exports it.
+pub(crate) const RUNNER_NAMES: &[&str] = &["serial", "threads", "pool", "fork"];
+
 /// Why a request could not be accepted: a `Copy` value with one status mapping ([`ParseError::status`]).
 ///
 /// The connection driver is the only code that turns one of these into bytes on the wire: it answers
@@ -188,8 +192,17 @@ pub enum Error {
     /// The response headers were already sent, so they can no longer be replaced.
     #[error("response headers already sent")]
     HeadersSent,
+    /// A listening socket could not be created or bound; the cause is the
+    /// [`source`](std::error::Error::source).
+    #[error("cannot bind {addr}")]
+    Bind {
+        /// The address as given: `host:port`, or `unix:PATH`.
+        addr: Box<str>,
+        /// What the operating system said.
+        source: io::Error,
+    },
     /// No runner has the given name.
-    #[error("unknown runner {0:?} (expected one of: {known})", known = crate::runner::NAMES.join(", "))]
+    #[error("unknown runner {0:?} (expected one of: {known})", known = RUNNER_NAMES.join(", "))]
     UnknownRunner(Box<str>),
     /// A fork-based runner was started in a process that already runs more than one thread.
     #[error("fork-based runner needs a single-threaded process, this one has {0} threads")]

@@ -60,7 +60,8 @@
 //!
 //! # Platform notes
 //!
-//! Unix only for now: the runners wait on `poll(2)` (or epoll, through `mio`) and a self-pipe.
+//! Linux only: the runners wait on `poll(2)` and epoll (through `mio`) and a self-pipe, and use
+//! Linux calls (`pipe2`, `/proc/self/status`); the crate is built and tested on Linux alone.
 //! [`runner::Forking`] forks, which is only sound in a single-threaded process: it checks the
 //! thread count and refuses with [`Error::NotSingleThreaded`] otherwise, so start it from `main`
 //! before anything spawns a thread. Under `panic = "abort"` a panicking handler ends its process:

@@ -69,10 +69,13 @@ impl Server {
         for addr in addr.to_socket_addrs()? {
             match listen(addr, backlog) {
                 Ok(listener) => return Server::from_listener(listener),
-                Err(e) => last = Some(e),
+                Err(e) => last = Some((addr, e)),
             }
         }
-        Err(Error::Io(last.unwrap_or_else(|| std::io::Error::other("address resolved to nothing"))))
+        Err(match last {
+            Some((addr, source)) => Error::Bind { addr: addr.to_string().into(), source },
+            None => Error::Io(std::io::Error::other("address resolved to nothing")),
+        })
     }
 
     /// Binds a Unix domain socket at `path` (for running behind nginx and the like). A stale
@@ -82,7 +85,10 @@ impl Server {
     /// The operating system's: the directory does not exist, permission denied, or a file that
     /// is not a socket is in the way.
     pub fn bind_unix(path: impl AsRef<Path>) -> Result<Server> {
-        Server::with_listener(Listener::bind_unix(path.as_ref())?)
+        let path = path.as_ref();
+        let listener = Listener::bind_unix(path)
+            .map_err(|source| Error::Bind { addr: format!("unix:{}", path.display()).into(), source })?;
+        Server::with_listener(listener)
     }
 
     /// Binds what a command line gives: `unix:/path/to/socket`, or `host:port` for TCP

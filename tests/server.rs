@@ -51,13 +51,20 @@ fn listen_takes_host_port_and_unix_paths() {
 }
 
 #[test]
-fn binding_a_taken_port_is_an_io_error() {
+fn binding_a_taken_port_says_which_address_and_why() {
     let first = sgi::Server::bind("127.0.0.1:0").expect("first");
     let addr = first.local_addr().expect("address");
-    match sgi::Server::bind(addr) {
-        Err(sgi::Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse),
-        other => panic!("expected AddrInUse, got {other:?}"),
+    let err = sgi::Server::bind(addr).err().expect("address in use");
+    assert_eq!(err.to_string(), format!("cannot bind {addr}"));
+    let source = std::error::Error::source(&err).expect("the io error is the source");
+    let io = source.downcast_ref::<std::io::Error>().expect("an io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::AddrInUse);
+    match err {
+        sgi::Error::Bind { addr: a, .. } => assert_eq!(&*a, addr.to_string()),
+        other => panic!("expected Bind, got {other:?}"),
     }
+    let missing = sgi::Server::bind_unix("/nonexistent-dir/sgi.sock").err().expect("no such directory");
+    assert_eq!(missing.to_string(), "cannot bind unix:/nonexistent-dir/sgi.sock");
 }
 
 #[test]

@@ -51,21 +51,26 @@ pub fn serve(example: &str, handler: impl sgi::Handler) {
 /// [`serve`] with a configuration of the example's choosing.
 pub fn serve_with(example: &str, config: sgi::Config, handler: impl sgi::Handler) {
     let options = options(example);
-    let server = sgi::Server::listen(&options.bind).unwrap_or_else(|e| {
-        eprintln!(
-            "error: cannot listen on {}: {e} ({})",
-            options.bind,
-            std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
-        );
-        exit(1)
-    });
+    let server = sgi::Server::listen(&options.bind).unwrap_or_else(|e| fail(&e));
     let url = match server.local_addr() {
         Ok(addr) => format!("http://{addr}/"),
         Err(_) => options.bind.clone(),
     };
     println!("{example}: serving on {url} with the {} runner", options.runner.name());
     if let Err(e) = server.runner(options.runner).config(config).serve(handler) {
-        eprintln!("error: {e}");
-        exit(1);
+        fail(&e);
     }
+}
+
+/// Prints an error with every cause under it (`error: cannot bind 127.0.0.1:8000: Address
+/// already in use (os error 98)`), then exits with status 1.
+pub fn fail(error: &dyn std::error::Error) -> ! {
+    let mut message = format!("error: {error}");
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        message.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    eprintln!("{message}");
+    exit(1)
 }

@@ -38,7 +38,20 @@ enum State {
     Size,
     /// Whitespace after the size, which may only lead to an extension (`BWS ";"`).
     SizeWs,
-    Extension,
+    /// After `;`: optional whitespace, then an extension name (RFC 9112 §7.1.1).
+    ExtName,
+    /// Inside an extension name.
+    ExtNameRest,
+    /// After a name: whitespace, `=`, `;` or the end of the line.
+    ExtAfterName,
+    /// After `=`: optional whitespace, then a token or a quoted string.
+    ExtValue,
+    ExtToken,
+    ExtQuoted,
+    /// After a backslash in a quoted string.
+    ExtQuotedPair,
+    /// After a value: whitespace, `;` or the end of the line.
+    ExtAfterValue,
     SizeLf,
     Data,
     DataCr,
@@ -147,21 +160,27 @@ impl Chunked {
                     None if self.digits == 0 => return Err(ParseError::ChunkSize),
                     None => match b {
                         b'\r' => self.state = State::SizeLf,
-                        b';' => self.state = State::Extension,
+                        b';' => self.state = State::ExtName,
                         b' ' | b'\t' => self.state = State::SizeWs,
                         _ => return Err(ParseError::ChunkSize),
                     },
                 },
                 State::SizeWs => match b {
                     b' ' | b'\t' => self.count_ext()?,
-                    b';' => self.state = State::Extension,
+                    b';' => self.state = State::ExtName,
                     _ => return Err(ParseError::ChunkSize),
                 },
-                State::Extension => match b {
-                    b'\r' => self.state = State::SizeLf,
-                    b'\t' | b' '..=b'~' | 0x80..=0xff => self.count_ext()?,
-                    _ => return Err(ParseError::ChunkExtension),
-                },
+                State::ExtName
+                | State::ExtNameRest
+                | State::ExtAfterName
+                | State::ExtValue
+                | State::ExtToken
+                | State::ExtQuoted
+                | State::ExtQuotedPair
+                | State::ExtAfterValue => {
+                    self.count_ext()?;
+                    self.state = extension_step(self.state, b)?;
+                }
                 State::SizeLf => {
                     if b != b'\n' {
                         return Err(ParseError::ChunkSize);
@@ -237,6 +256,37 @@ impl Chunked {
     }
 }
 
+/// One byte of a chunk extension: `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`,
+/// ending at the CR of the chunk-size line. An empty name, a bare `=`, an unterminated quoted
+/// string or a control character is refused, as llhttp, gunicorn and waitress refuse them.
+fn extension_step(state: State, b: u8) -> Result<State, ParseError> {
+    use crate::http::parse::is_tchar;
+    let ws = b == b' ' || b == b'\t';
+    let next = match state {
+        State::ExtName if ws => State::ExtName,
+        State::ExtName if is_tchar(b) => State::ExtNameRest,
+        State::ExtNameRest if is_tchar(b) => State::ExtNameRest,
+        State::ExtNameRest | State::ExtAfterName if ws => State::ExtAfterName,
+        State::ExtNameRest | State::ExtAfterName if b == b'=' => State::ExtValue,
+        State::ExtValue if ws => State::ExtValue,
+        State::ExtValue if b == b'"' => State::ExtQuoted,
+        State::ExtValue | State::ExtToken if is_tchar(b) => State::ExtToken,
+        State::ExtQuoted if b == b'"' => State::ExtAfterValue,
+        State::ExtQuoted if b == b'\\' => State::ExtQuotedPair,
+        State::ExtQuoted if b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80 => State::ExtQuoted,
+        State::ExtQuotedPair if b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80 => State::ExtQuoted,
+        State::ExtToken | State::ExtAfterValue if ws => State::ExtAfterValue,
+        State::ExtNameRest | State::ExtAfterName | State::ExtToken | State::ExtAfterValue if b == b';' => {
+            State::ExtName
+        }
+        State::ExtNameRest | State::ExtAfterName | State::ExtToken | State::ExtAfterValue if b == b'\r' => {
+            State::SizeLf
+        }
+        _ => return Err(ParseError::ChunkExtension),
+    };
+    Ok(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +340,14 @@ mod tests {
             (b"1ffffffffffffffff\r\n", ParseError::ChunkSize),
             (b"5 x\r\n", ParseError::ChunkSize),
             (b"5;a\rb\r\n", ParseError::ChunkSize),
+            (b"2;\r\nhi\r\n0\r\n\r\n", ParseError::ChunkExtension),
+            (b"2; \r\nhi\r\n0\r\n\r\n", ParseError::ChunkExtension),
+            (b"2;a=\r\nhi\r\n0\r\n\r\n", ParseError::ChunkExtension),
+            (b"2;=v\r\nhi\r\n0\r\n\r\n", ParseError::ChunkExtension),
+            (b"2;a=\"v\r\nhi\r\n0\r\n\r\n", ParseError::ChunkExtension),
+            (b"2;a=\"v\\\"\r\nhi\r\n0\r\n\r\n", ParseError::ChunkExtension),
+            (b"2;a=\"v\"x\r\nhi\r\n0\r\n\r\n", ParseError::ChunkExtension),
+            (b"2;a b\r\nhi\r\n0\r\n\r\n", ParseError::ChunkExtension),
             (b"5;a\x00\r\n", ParseError::ChunkExtension),
             (b"0\r\nX: y\n\r\n", ParseError::ChunkFraming),
             (b"0\r\n\r\r", ParseError::ChunkFraming),

@@ -15,7 +15,7 @@ use crate::environ::RunnerFlags;
 use crate::error::{Error, Result};
 
 /// The names [`by_name`] knows, in the order the documentation presents them.
-pub const NAMES: &[&str] = &["serial", "threads", "pool", "fork"];
+pub const NAMES: &[&str] = crate::error::RUNNER_NAMES;
 
 /// A way of scheduling connections, given to [`Server::runner`](crate::Server::runner).
 ///
