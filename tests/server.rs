@@ -54,7 +54,7 @@ fn listen_takes_host_port_and_unix_paths() {
 fn binding_a_taken_port_says_which_address_and_why() {
     let first = sgi::Server::bind("127.0.0.1:0").expect("first");
     let addr = first.local_addr().expect("address");
-    let err = sgi::Server::bind(addr).err().expect("address in use");
+    let err = sgi::Server::bind(addr).expect_err("address in use");
     assert_eq!(err.to_string(), format!("cannot bind {addr}"));
     let source = std::error::Error::source(&err).expect("the io error is the source");
     let io = source.downcast_ref::<std::io::Error>().expect("an io::Error");
@@ -63,13 +63,13 @@ fn binding_a_taken_port_says_which_address_and_why() {
         sgi::Error::Bind { addr: a, .. } => assert_eq!(&*a, addr.to_string()),
         other => panic!("expected Bind, got {other:?}"),
     }
-    let missing = sgi::Server::bind_unix("/nonexistent-dir/sgi.sock").err().expect("no such directory");
+    let missing = sgi::Server::bind_unix("/nonexistent-dir/sgi.sock").expect_err("no such directory");
     assert_eq!(missing.to_string(), "cannot bind unix:/nonexistent-dir/sgi.sock");
 }
 
 #[test]
 fn unknown_runner_names_say_which_exist() {
-    let err = sgi::runner::by_name("gevent", 4).err().expect("unknown runner");
+    let err = sgi::runner::by_name("gevent", 4).expect_err("unknown runner");
     let message = err.to_string();
     assert!(matches!(err, sgi::Error::UnknownRunner(_)));
     for name in sgi::runner::NAMES {
