@@ -69,7 +69,7 @@ fn binding_a_taken_port_says_which_address_and_why() {
 
 #[test]
 fn unknown_runner_names_say_which_exist() {
-    let err = sgi::runner::by_name("gevent", 4).expect_err("unknown runner");
+    let err = sgi::runner::by_name("gevent", 4).err().expect("unknown runner");
     let message = err.to_string();
     assert!(matches!(err, sgi::Error::UnknownRunner(_)));
     for name in sgi::runner::NAMES {
