@@ -4,7 +4,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::handler::BoxError;
 
@@ -32,16 +32,14 @@ type Chunks = Box<dyn Iterator<Item = Result<Bytes, BoxError>> + Send>;
 /// ```
 pub struct Body {
     kind: Kind,
-    /// The chunk [`Body::next_chunk`] last lent out.
-    current: Bytes,
 }
 
 enum Kind {
     Empty,
     Bytes(Bytes),
     Chunks(Chunks),
-    Reader { reader: Box<dyn Read + Send>, len: Option<u64>, buf: Vec<u8> },
-    File { file: File, len: u64, buf: Vec<u8> },
+    Reader { reader: Box<dyn Read + Send>, len: Option<u64>, buf: BytesMut },
+    File { file: File, len: u64, buf: BytesMut },
     Done,
 }
 
@@ -61,7 +59,7 @@ impl fmt::Debug for Body {
 impl Body {
     /// An empty body.
     pub fn empty() -> Body {
-        Body { current: Bytes::new(), kind: Kind::Empty }
+        Body { kind: Kind::Empty }
     }
 
     /// A body streamed from an iterator of chunks, each sent as soon as it is produced.
@@ -72,7 +70,7 @@ impl Body {
         I::Item: Into<Bytes>,
         I::IntoIter: Send + 'static,
     {
-        Body { current: Bytes::new(), kind: Kind::Chunks(Box::new(chunks.into_iter().map(|c| Ok(c.into())))) }
+        Body { kind: Kind::Chunks(Box::new(chunks.into_iter().map(|c| Ok(c.into())))) }
     }
 
     /// A body streamed from an iterator of fallible chunks. An error before anything was sent
@@ -84,16 +82,13 @@ impl Body {
         T: Into<Bytes>,
         E: Into<BoxError>,
     {
-        Body {
-            current: Bytes::new(),
-            kind: Kind::Chunks(Box::new(chunks.into_iter().map(|c| c.map(Into::into).map_err(Into::into)))),
-        }
+        Body { kind: Kind::Chunks(Box::new(chunks.into_iter().map(|c| c.map(Into::into).map_err(Into::into)))) }
     }
 
     /// A body read from `reader` until its end. With `len`, it is sent with that
     /// `Content-Length` (a reader that ends early makes the server close the connection).
     pub fn from_reader(reader: impl Read + Send + 'static, len: Option<u64>) -> Body {
-        Body { current: Bytes::new(), kind: Kind::Reader { reader: Box::new(reader), len, buf: Vec::new() } }
+        Body { kind: Kind::Reader { reader: Box::new(reader), len, buf: BytesMut::new() } }
     }
 
     /// A file, sent from its current position to its end, with a `Content-Length`.
@@ -103,7 +98,7 @@ impl Body {
     pub fn from_file(mut file: File) -> io::Result<Body> {
         use std::io::Seek;
         let len = file.metadata()?.len().saturating_sub(file.stream_position()?);
-        Ok(Body { current: Bytes::new(), kind: Kind::File { file, len, buf: Vec::new() } })
+        Ok(Body { kind: Kind::File { file, len, buf: BytesMut::new() } })
     }
 
     /// The length of the body, when it is known before sending.
@@ -123,53 +118,64 @@ impl Body {
     }
 
     /// The next chunk to send, `Ok(None)` at the end. May return an empty chunk.
-    pub(crate) fn next_chunk(&mut self) -> Result<Option<&[u8]>, BoxError> {
-        let n = match &mut self.kind {
-            Kind::Empty | Kind::Done => return Ok(None),
+    pub(crate) fn next_chunk(&mut self) -> Result<Option<Bytes>, BoxError> {
+        match &mut self.kind {
+            Kind::Empty | Kind::Done => Ok(None),
             Kind::Bytes(b) => {
-                self.current = std::mem::take(b);
+                let chunk = std::mem::take(b);
                 self.kind = Kind::Done;
-                return Ok(Some(&self.current));
+                Ok(Some(chunk))
             }
             Kind::Chunks(it) => match it.next() {
                 None => {
                     self.kind = Kind::Done;
+                    Ok(None)
+                }
+                Some(chunk) => Ok(Some(chunk?)),
+            },
+            Kind::Reader { reader, buf, .. } => {
+                let chunk = read_some(&mut **reader, buf)?;
+                if chunk.is_empty() {
+                    self.kind = Kind::Done;
                     return Ok(None);
                 }
-                Some(chunk) => {
-                    self.current = chunk?;
-                    return Ok(Some(&self.current));
+                Ok(Some(chunk))
+            }
+            Kind::File { file, buf, .. } => {
+                let chunk = read_some(file, buf)?;
+                if chunk.is_empty() {
+                    self.kind = Kind::Done;
+                    return Ok(None);
                 }
-            },
-            Kind::Reader { reader, buf, .. } => read_some(&mut **reader, buf)?,
-            Kind::File { file, buf, .. } => read_some(file, buf)?,
-        };
-        if n == 0 {
-            self.kind = Kind::Done;
-            return Ok(None);
+                Ok(Some(chunk))
+            }
         }
-        match &self.kind {
-            Kind::Reader { buf, .. } | Kind::File { buf, .. } => Ok(Some(&buf[..n])),
-            _ => unreachable!("only readers and files fill a buffer"),
-        }
+    }
+
+    /// Whether the body has nothing more to give (known without pulling again).
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.kind, Kind::Done | Kind::Empty)
     }
 }
 
-fn read_some(reader: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<usize> {
-    if buf.is_empty() {
-        buf.resize(READ_CHUNK, 0);
-    }
-    loop {
+/// Reads one chunk through `buf`, whose allocation comes back once the previous chunk is
+/// dropped.
+fn read_some(reader: &mut dyn Read, buf: &mut BytesMut) -> io::Result<Bytes> {
+    buf.clear();
+    buf.resize(READ_CHUNK, 0);
+    let n = loop {
         match reader.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
+            other => break other?,
         }
-    }
+    };
+    buf.truncate(n);
+    Ok(buf.split().freeze())
 }
 
 impl From<Bytes> for Body {
     fn from(b: Bytes) -> Body {
-        Body { current: Bytes::new(), kind: Kind::Bytes(b) }
+        Body { kind: Kind::Bytes(b) }
     }
 }
 

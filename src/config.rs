@@ -29,6 +29,10 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default for [`Config::body_timeout`]: 30 s without progress while reading a body.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`Config::min_body_rate`]: 500 bytes a second, Apache `mod_reqtimeout`'s `MinRate`.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 500;
+/// Default for [`Config::buffered_body`]: 64 KiB.
+pub const DEFAULT_BUFFERED_BODY: u64 = 64 * 1024;
 /// Default for [`Config::write_timeout`]: 30 s without progress while writing a response.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`Config::graceful_timeout`]: 30 s, like gunicorn's `graceful_timeout`.
@@ -65,6 +69,8 @@ pub struct Config {
     pub(crate) header_timeout: Option<Duration>,
     pub(crate) keepalive_timeout: Option<Duration>,
     pub(crate) body_timeout: Option<Duration>,
+    pub(crate) min_body_rate: Option<u64>,
+    pub(crate) buffered_body: u64,
     pub(crate) write_timeout: Option<Duration>,
     pub(crate) max_requests_per_connection: usize,
     pub(crate) graceful_timeout: Duration,
@@ -89,6 +95,8 @@ impl Default for Config {
             header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
             keepalive_timeout: Some(DEFAULT_KEEPALIVE_TIMEOUT),
             body_timeout: Some(DEFAULT_BODY_TIMEOUT),
+            min_body_rate: Some(DEFAULT_MIN_BODY_RATE),
+            buffered_body: DEFAULT_BUFFERED_BODY,
             write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
             max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
             graceful_timeout: DEFAULT_GRACEFUL_TIMEOUT,
@@ -115,6 +123,8 @@ impl fmt::Debug for Config {
             .field("header_timeout", &self.header_timeout)
             .field("keepalive_timeout", &self.keepalive_timeout)
             .field("body_timeout", &self.body_timeout)
+            .field("min_body_rate", &self.min_body_rate)
+            .field("buffered_body", &self.buffered_body)
             .field("write_timeout", &self.write_timeout)
             .field("max_requests_per_connection", &self.max_requests_per_connection)
             .field("graceful_timeout", &self.graceful_timeout)
@@ -207,9 +217,29 @@ impl Config {
     }
 
     /// Longest wait for progress while reading a request body; on expiry the handler's read fails
-    /// and the connection closes. Default: [`DEFAULT_BODY_TIMEOUT`] (30 s).
+    /// (the client gets `408`) and the connection closes. With [`Config::min_body_rate`] it is
+    /// also the most time a body can have in hand. Default: [`DEFAULT_BODY_TIMEOUT`] (30 s).
     pub fn body_timeout(mut self, timeout: Option<Duration>) -> Config {
         self.body_timeout = timeout;
+        self
+    }
+
+    /// The slowest a request body may arrive, in bytes a second, or `None` for no minimum (only
+    /// the stall timeout). Each byte received buys `1 / rate` seconds, on top of what is left,
+    /// but never more than [`Config::body_timeout`] ahead: a client that sends a burst and then
+    /// trickles gets `408` once its credit runs out, so a worker waiting on a body is never held
+    /// much longer than the body deserves. Default: [`DEFAULT_MIN_BODY_RATE`] (500 B/s).
+    pub fn min_body_rate(mut self, bytes_per_second: Option<u64>) -> Config {
+        self.min_body_rate = bytes_per_second.filter(|&r| r > 0);
+        self
+    }
+
+    /// Request bodies up to this many bytes (with `Content-Length`, and no `Expect:
+    /// 100-continue`) are read whole before the handler is called, by runners that share
+    /// threads between connections (the pool): a slow upload of a small body then never holds a
+    /// worker. Default: [`DEFAULT_BUFFERED_BODY`] (64 KiB).
+    pub fn buffered_body(mut self, bytes: u64) -> Config {
+        self.buffered_body = bytes;
         self
     }
 

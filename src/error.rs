@@ -192,15 +192,10 @@ pub enum Error {
     /// The response headers were already sent, so they can no longer be replaced.
     #[error("response headers already sent")]
     HeadersSent,
-    /// A listening socket could not be created or bound; the cause is the
-    /// [`source`](std::error::Error::source).
-    #[error("cannot bind {addr}")]
-    Bind {
-        /// The address as given: `host:port`, or `unix:PATH`.
-        addr: Box<str>,
-        /// What the operating system said.
-        source: io::Error,
-    },
+    /// A listening socket could not be created or bound: `cannot bind ADDR`, with the
+    /// operating system's error as the [`source`](std::error::Error::source).
+    #[error(transparent)]
+    Bind(Box<BindError>),
     /// No runner has the given name.
     #[error("unknown runner {0:?} (expected one of: {known})", known = RUNNER_NAMES.join(", "))]
     UnknownRunner(Box<str>),
@@ -217,6 +212,30 @@ impl Error {
             Error::Io(e) => e,
             other => io::Error::other(other),
         }
+    }
+}
+
+/// Which address could not be bound, and why: the payload of [`Error::Bind`].
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind {addr}")]
+pub struct BindError {
+    addr: Box<str>,
+    source: io::Error,
+}
+
+impl BindError {
+    pub(crate) fn error(addr: impl Into<Box<str>>, source: io::Error) -> Error {
+        Error::Bind(Box::new(BindError { addr: addr.into(), source }))
+    }
+
+    /// The address as given: `host:port`, or `unix:PATH`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// What the operating system said.
+    pub fn io_error(&self) -> &io::Error {
+        &self.source
     }
 }
 

@@ -1,16 +1,14 @@
 //! Listeners and streams: TCP (IPv4, IPv6) or Unix domain sockets, behind one type each so that
 //! runners and the connection driver never care which.
 
-use std::cell::Cell;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::Instant;
 
-use crate::conn::Transport;
-use crate::sys::unix;
+use crate::sys::unix::{self, Waited};
 
 /// A bound, listening socket.
 #[derive(Debug)]
@@ -20,34 +18,33 @@ pub(crate) enum Listener {
     Unix(UnixListener, PathBuf),
 }
 
-/// An accepted connection.
-///
-/// Blocking, or non-blocking with blocking emulated: in non-blocking mode `read` and `write`
-/// wait with `poll(2)` when the socket is not ready, bounded by the read and write timeouts,
-/// while [`Stream::try_read`] returns `WouldBlock` at once. The thread pool keeps its sockets in
-/// that mode for their whole life, so handing a connection between its poller and its workers
-/// costs no `fcntl`, and timeouts cost no `setsockopt`.
-#[derive(Debug)]
-pub(crate) struct Stream {
-    io: Io,
-    nonblocking: bool,
-    read_timeout: Cell<Option<Duration>>,
-    write_timeout: Cell<Option<Duration>>,
+/// What the connection pump reads from and writes to: a non-blocking socket (or, in tests, a
+/// stand-in), with waiting made explicit so that deadlines are the pump's, not socket options.
+pub(crate) trait Transport {
+    /// Reads what is there; `WouldBlock` when nothing is.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes what fits; `WouldBlock` when nothing does.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn shutdown_write(&self);
+    /// Waits until the transport is ready for `interest`, `wake` becomes readable, or `deadline`
+    /// passes.
+    fn wait(&self, interest: Interest, wake: Option<RawFd>, deadline: Option<Instant>) -> io::Result<Waited>;
 }
 
+/// What a connection waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interest {
+    Readable,
+    Writable,
+}
+
+/// An accepted connection: a non-blocking socket for its whole life, so that the pool's poller
+/// and its workers, and the blocking runners, all use it the same way (a blocking runner waits
+/// with `poll(2)` until its deadline, which costs no `setsockopt` per request).
 #[derive(Debug)]
-enum Io {
+pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
-}
-
-impl Io {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Io::Tcp(s) => s.read(buf),
-            Io::Unix(s) => s.read(buf),
-        }
-    }
 }
 
 impl Listener {
@@ -63,21 +60,22 @@ impl Listener {
         Ok(Listener::Unix(UnixListener::bind(path)?, path.to_owned()))
     }
 
-    /// Accepts one connection, as a blocking, close-on-exec stream with `TCP_NODELAY` set.
+    /// Accepts one connection, as a non-blocking, close-on-exec stream with `TCP_NODELAY` set.
     pub(crate) fn accept(&self) -> io::Result<(Stream, Option<SocketAddr>)> {
-        let (io, peer) = match self {
+        let (stream, peer) = match self {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept()?;
                 // Responses are written whole; Nagle would only delay the last segment.
                 let _ = s.set_nodelay(true);
-                (Io::Tcp(s), Some(peer))
+                s.set_nonblocking(true)?;
+                (Stream::Tcp(s), Some(peer))
             }
-            Listener::Unix(l, _) => (Io::Unix(l.accept()?.0), None),
+            Listener::Unix(l, _) => {
+                let s = l.accept()?.0;
+                s.set_nonblocking(true)?;
+                (Stream::Unix(s), None)
+            }
         };
-        let mut stream =
-            Stream { io, nonblocking: true, read_timeout: Cell::new(None), write_timeout: Cell::new(None) };
-        // Some systems hand out accepted sockets with the listener's O_NONBLOCK.
-        stream.set_nonblocking(false)?;
         Ok((stream, peer))
     }
 
@@ -126,105 +124,42 @@ impl AsRawFd for Listener {
     }
 }
 
-impl Stream {
-    /// Switches between blocking and non-blocking (emulated blocking) mode.
-    pub(crate) fn set_nonblocking(&mut self, nonblocking: bool) -> io::Result<()> {
-        match &self.io {
-            Io::Tcp(s) => s.set_nonblocking(nonblocking)?,
-            Io::Unix(s) => s.set_nonblocking(nonblocking)?,
-        }
-        self.nonblocking = nonblocking;
-        // Timeouts live in the socket in blocking mode, and here in non-blocking mode.
-        let (read, write) = (self.read_timeout.get(), self.write_timeout.get());
-        self.set_read_timeout(read)?;
-        self.set_write_timeout(write)
-    }
-
-    /// In non-blocking mode, waits until the socket is ready for `events` or `timeout` passes.
-    fn wait(&self, events: libc::c_short, timeout: Option<Duration>) -> io::Result<()> {
-        if unix::wait_ready(self.as_raw_fd(), events, timeout)? {
-            Ok(())
-        } else {
-            Err(io::ErrorKind::TimedOut.into())
-        }
-    }
-}
-
 impl AsRawFd for Stream {
     fn as_raw_fd(&self) -> RawFd {
-        match &self.io {
-            Io::Tcp(s) => s.as_raw_fd(),
-            Io::Unix(s) => s.as_raw_fd(),
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
         }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.io.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.nonblocking => {
-                    self.wait(libc::POLLIN, self.read_timeout.get())?
-                }
-                other => return other,
-            }
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        loop {
-            let written = match &mut self.io {
-                Io::Tcp(s) => s.write_vectored(bufs),
-                Io::Unix(s) => s.write_vectored(bufs),
-            };
-            match written {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.nonblocking => {
-                    self.wait(libc::POLLOUT, self.write_timeout.get())?
-                }
-                other => return other,
-            }
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
 impl Transport for Stream {
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.read_timeout.set(timeout);
-        match &self.io {
-            _ if self.nonblocking => Ok(()),
-            Io::Tcp(s) => s.set_read_timeout(timeout),
-            Io::Unix(s) => s.set_read_timeout(timeout),
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
         }
     }
-    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.write_timeout.set(timeout);
-        match &self.io {
-            _ if self.nonblocking => Ok(()),
-            Io::Tcp(s) => s.set_write_timeout(timeout),
-            Io::Unix(s) => s.set_write_timeout(timeout),
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
         }
     }
+
     fn shutdown_write(&self) {
-        let _ = match &self.io {
-            Io::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
-            Io::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
         };
     }
-    fn poll_fd(&self) -> Option<RawFd> {
-        Some(self.as_raw_fd())
-    }
-    /// In non-blocking mode, `WouldBlock` when nothing is there.
-    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.read(buf)
+
+    fn wait(&self, interest: Interest, wake: Option<RawFd>, deadline: Option<Instant>) -> io::Result<Waited> {
+        let events = match interest {
+            Interest::Readable => libc::POLLIN,
+            Interest::Writable => libc::POLLOUT,
+        };
+        unix::wait_io(self.as_raw_fd(), events, wake, deadline)
     }
 }

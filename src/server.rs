@@ -8,7 +8,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::conn::ServeContext;
-use crate::error::{Error, Result};
+use crate::error::{BindError, Error, Result};
 use crate::handler::Handler;
 use crate::net::Listener;
 use crate::runner::private::Serving;
@@ -73,7 +73,7 @@ impl Server {
             }
         }
         Err(match last {
-            Some((addr, source)) => Error::Bind { addr: addr.to_string().into(), source },
+            Some((addr, source)) => BindError::error(addr.to_string(), source),
             None => Error::Io(std::io::Error::other("address resolved to nothing")),
         })
     }
@@ -86,8 +86,8 @@ impl Server {
     /// is not a socket is in the way.
     pub fn bind_unix(path: impl AsRef<Path>) -> Result<Server> {
         let path = path.as_ref();
-        let listener = Listener::bind_unix(path)
-            .map_err(|source| Error::Bind { addr: format!("unix:{}", path.display()).into(), source })?;
+        let listener =
+            Listener::bind_unix(path).map_err(|source| BindError::error(format!("unix:{}", path.display()), source))?;
         Server::with_listener(listener)
     }
 
@@ -177,7 +177,7 @@ impl Server {
         let _signals = if self.handle_signals { Some(self.shutdown.handle_signals()?) } else { None };
         let ctx = ServeContext {
             flags: self.runner.flags(),
-            config: self.config,
+            config: Arc::new(self.config),
             handler: Box::new(handler),
             shutdown: self.shutdown,
             server_name: server_name.into(),

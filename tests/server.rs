@@ -60,7 +60,7 @@ fn binding_a_taken_port_says_which_address_and_why() {
     let io = source.downcast_ref::<std::io::Error>().expect("an io::Error");
     assert_eq!(io.kind(), std::io::ErrorKind::AddrInUse);
     match err {
-        sgi::Error::Bind { addr: a, .. } => assert_eq!(&*a, addr.to_string()),
+        sgi::Error::Bind(b) => assert_eq!(b.addr(), addr.to_string()),
         other => panic!("expected Bind, got {other:?}"),
     }
     let missing = sgi::Server::bind_unix("/nonexistent-dir/sgi.sock").expect_err("no such directory");

@@ -228,8 +228,9 @@ pub(crate) const CHUNK_SUFFIX: &[u8] = b"\r\n";
 /// The last chunk and an empty trailer section.
 pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// A complete response the server sends on its own (an error status), always closing the connection.
-pub(crate) fn error_response(out: &mut Vec<u8>, status: u16, message: &str, config: &Config) {
+/// A complete response the server sends on its own (an error status), always closing the
+/// connection; without its body when answering a `HEAD` request.
+pub(crate) fn error_response(out: &mut Vec<u8>, status: u16, message: &str, is_head: bool, config: &Config) {
     out.extend_from_slice(b"HTTP/1.1 ");
     extend_decimal(out, u64::from(status));
     out.push(b' ');
@@ -243,8 +244,10 @@ pub(crate) fn error_response(out: &mut Vec<u8>, status: u16, message: &str, conf
     out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
     extend_decimal(out, message.len() as u64 + 1);
     out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
-    out.extend_from_slice(message.as_bytes());
-    out.push(b'\n');
+    if !is_head {
+        out.extend_from_slice(message.as_bytes());
+        out.push(b'\n');
+    }
 }
 
 /// The `100 Continue` interim response.

@@ -7,3 +7,4 @@ pub(crate) mod encode;
 pub(crate) mod parse;
 #[cfg(test)]
 mod props;
+pub(crate) mod session;

@@ -1,5 +1,6 @@
 //! The fork-per-connection runner.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -77,8 +78,8 @@ impl Runner for Forking {
         listener.set_nonblocking(true)?;
         let exited = WakePipe::new()?;
         signal::handle_child_signal(exited.write_fd())?;
-        let mut children = HashSet::new();
-        let wake = ctx.shutdown.wake_fd();
+        // Shared by the accept loop's three callbacks, one at a time.
+        let children = RefCell::new(HashSet::new());
         let reap = |children: &mut HashSet<libc::pid_t>| {
             process::reap(|exit| {
                 if children.remove(&exit.pid) && exit.code() != 0 {
@@ -86,25 +87,9 @@ impl Runner for Forking {
                 }
             })
         };
-        loop {
-            reap(&mut children);
-            let at_cap = children.len() >= self.max_children;
-            let fds = [wake, exited.read_fd(), listener.as_raw_fd()];
-            let ready = unix::wait_readable(if at_cap { &fds[..2] } else { &fds }, None)?;
-            exited.drain();
-            if ctx.shutdown.is_requested() || ready == Some(0) {
-                break;
-            }
-            if ready != Some(2) {
-                continue;
-            }
-            let (stream, peer) = match listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    super::accept_error(&ctx, e)?;
-                    continue;
-                }
-            };
+        let at_cap = || children.borrow().len() >= self.max_children;
+        let on_wake = || reap(&mut children.borrow_mut());
+        super::accept_loop(&listener, &ctx, Some(&exited), at_cap, on_wake, |stream, peer| {
             match process::fork(signal::reset_in_child) {
                 Ok(process::Forked::Child) => {
                     // The child never returns from here: owners of these descriptors never drop.
@@ -116,7 +101,7 @@ impl Runner for Forking {
                     process::exit_now(if served.is_ok() { 0 } else { CHILD_PANICKED });
                 }
                 Ok(process::Forked::Parent { child }) => {
-                    children.insert(child);
+                    children.borrow_mut().insert(child);
                     drop(stream);
                 }
                 Err(e) => {
@@ -124,7 +109,8 @@ impl Runner for Forking {
                     drop(stream);
                 }
             }
-        }
+        })?;
+        let mut children = children.into_inner();
         // Graceful stop: children see the shutdown pipe; wait for them, then kill the rest.
         drop(listener);
         let deadline = Instant::now() + ctx.config.graceful_timeout;

@@ -11,8 +11,16 @@ pub use pool::{ThreadPool, DEFAULT_MAX_CONNECTIONS, DEFAULT_WORKERS};
 pub use serial::Serial;
 pub use threaded::Threaded;
 
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crate::conn::ServeContext;
 use crate::environ::RunnerFlags;
 use crate::error::{Error, Result};
+use crate::net::{Listener, Stream};
+use crate::sys::unix::{self, WakePipe};
 
 /// The names [`by_name`] knows, in the order the documentation presents them.
 pub const NAMES: &[&str] = crate::error::RUNNER_NAMES;
@@ -70,25 +78,126 @@ pub fn by_name(name: &str, workers: usize) -> Result<Box<dyn Runner>> {
     }
 }
 
-/// Decides what an `accept` error means for the accept loop: transient ones are skipped, running
-/// out of descriptors or memory backs off for a moment (the backlog holds the clients meanwhile),
-/// anything else ends `serve` with the error.
-pub(crate) fn accept_error(ctx: &crate::conn::ServeContext, e: std::io::Error) -> Result<()> {
-    use std::io::ErrorKind;
-    match e.kind() {
-        ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset => {
-            Ok(())
+/// The first pause after running out of descriptors or memory; it doubles while `accept` keeps
+/// failing, up to [`MAX_ACCEPT_PAUSE`].
+const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// Whether the accept loop may accept now. When `accept` fails for want of descriptors or
+/// memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) retrying at once would spin without ever
+/// getting back to the connections that hold them, so accepting pauses (the listener leaves the
+/// poll set, clients wait in the backlog) while everything else goes on: reading, timeouts,
+/// closes and stops. One log line when a pause begins, one when accepting works again.
+#[derive(Debug)]
+pub(crate) struct AcceptGate {
+    resume_at: Option<Instant>,
+    pause: Duration,
+    /// When the current run of failures began, if one is under way.
+    failing_since: Option<Instant>,
+}
+
+impl Default for AcceptGate {
+    fn default() -> AcceptGate {
+        AcceptGate { resume_at: None, pause: FIRST_ACCEPT_PAUSE, failing_since: None }
+    }
+}
+
+impl AcceptGate {
+    /// When a pause ends, if one is under way.
+    pub(crate) fn resume_at(&self) -> Option<Instant> {
+        self.resume_at
+    }
+
+    /// Whether accepting is allowed at `now`.
+    pub(crate) fn is_open(&mut self, now: Instant) -> bool {
+        match self.resume_at {
+            Some(t) if now < t => false,
+            Some(_) => {
+                self.resume_at = None;
+                true
+            }
+            None => true,
         }
-        _ if matches!(
-            e.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EPROTO)
-        ) =>
-        {
-            ctx.config.log(&format!("accept failed, backing off: {e}"));
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            Ok(())
+    }
+
+    /// `accept` succeeded.
+    pub(crate) fn accepted(&mut self, ctx: &ServeContext) {
+        if let Some(since) = self.failing_since.take() {
+            ctx.config.log(&format!("accepting connections again after {:.1?}", since.elapsed()));
         }
-        _ => Err(Error::Io(e)),
+        self.pause = FIRST_ACCEPT_PAUSE;
+    }
+
+    /// `accept` failed with `e`: transient errors are skipped, running out of descriptors or
+    /// memory pauses accepting, anything else ends `serve` with the error.
+    pub(crate) fn failed(&mut self, ctx: &ServeContext, e: io::Error) -> Result<()> {
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::Interrupted
+            | ErrorKind::WouldBlock
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset => Ok(()),
+            _ if e.raw_os_error() == Some(libc::EPROTO) => Ok(()),
+            _ if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                let now = Instant::now();
+                if self.failing_since.is_none() {
+                    self.failing_since = Some(now);
+                    ctx.config.log(&format!("cannot accept connections: {e}; pausing accepts until some close"));
+                }
+                self.resume_at = Some(now + self.pause);
+                self.pause = (self.pause * 2).min(MAX_ACCEPT_PAUSE);
+                Ok(())
+            }
+            _ => Err(Error::Io(e)),
+        }
+    }
+}
+
+/// The accept loop of the runners that wait with `poll(2)` (serial, threads, fork): waits for
+/// the listener, the stop pipe and the runner's own `wake_pipe` (a connection or child ended);
+/// calls `on_wake` after each wait, stops accepting while `at_cap` says so or the gate is
+/// closed, and hands every accepted connection to `serve`. Returns when a stop is requested.
+pub(crate) fn accept_loop(
+    listener: &Listener,
+    ctx: &ServeContext,
+    wake_pipe: Option<&WakePipe>,
+    mut at_cap: impl FnMut() -> bool,
+    mut on_wake: impl FnMut(),
+    mut serve: impl FnMut(Stream, Option<SocketAddr>),
+) -> Result<()> {
+    let mut gate = AcceptGate::default();
+    loop {
+        let now = Instant::now();
+        let listening = !at_cap() && gate.is_open(now);
+        let mut fds = [ctx.shutdown.wake_fd(); 3];
+        let mut count = 1;
+        if let Some(pipe) = wake_pipe {
+            fds[count] = pipe.read_fd();
+            count += 1;
+        }
+        if listening {
+            fds[count] = listener.as_raw_fd();
+            count += 1;
+        }
+        let timeout = gate.resume_at().map(|t| t.saturating_duration_since(now));
+        let ready = unix::wait_readable(&fds[..count], timeout)?;
+        if let Some(pipe) = wake_pipe {
+            pipe.drain();
+        }
+        on_wake();
+        if ctx.shutdown.is_requested() {
+            return Ok(());
+        }
+        if !listening || ready != Some(count - 1) {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                gate.accepted(ctx);
+                serve(stream, peer);
+            }
+            Err(e) => gate.failed(ctx, e)?,
+        }
     }
 }
 

@@ -12,10 +12,10 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::private::{Sealed, Serving};
-use super::Runner;
-use crate::conn::{Conn, Mode, ServeContext, Served};
+use super::{AcceptGate, Runner};
+use crate::conn::{Conn, Mode, ServeContext, Step};
 use crate::environ::RunnerFlags;
-use crate::error::{ParseError, Result};
+use crate::error::Result;
 use crate::net::{Listener, Stream};
 
 /// Default number of worker threads of [`ThreadPool::default`].
@@ -27,7 +27,7 @@ const LISTENER: Token = Token(0);
 const SHUTDOWN: Token = Token(1);
 const WAKER: Token = Token(2);
 const FIRST_CONN: usize = 3;
-/// How often parked connections are checked for their timeouts while any is open.
+/// How often parked connections are checked for their deadlines while any is open.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A fixed pool of worker threads that also watch the connections between requests, like
@@ -90,11 +90,10 @@ impl Default for ThreadPool {
 
 impl Sealed for ThreadPool {}
 
-/// Work for a worker: a connection with a complete head parsed, or one to answer with an error.
+/// Work for a worker: a connection with a request to run or a response to write.
 struct Job {
     conn: Box<Conn<Stream>>,
     slot: usize,
-    reject: Option<ParseError>,
 }
 
 /// Where a connection lives while nobody works on it.
@@ -102,17 +101,15 @@ struct Job {
 struct Slot {
     /// The parked connection; `None` while the poller or a worker has it (or the slot is free).
     conn: Option<Box<Conn<Stream>>>,
-    /// Bytes were announced while someone else had the connection: whoever parks it next must
-    /// read again first, as the edge that announced them will not come again.
+    /// Readiness was announced while someone else had the connection: whoever parks it next
+    /// must drive it again first, as the edge that announced it will not come again.
     pending: bool,
-    /// When the connection was parked.
-    since: Option<Instant>,
 }
 
 /// The queue between leaders and workers, and the leadership itself.
 struct Queue {
     state: Mutex<QueueState>,
-    /// Signalled when a job is queued, the leadership is free, or the pool stops.
+    /// Signalled when a job is queued, the leadership is free, or the pool closes.
     changed: Condvar,
 }
 
@@ -122,8 +119,6 @@ struct QueueState {
     idle: usize,
     /// Whether a worker is leading (waiting for readiness).
     leading: bool,
-    /// No new leader: the pool is stopping.
-    stopping: bool,
     /// No more jobs will come: workers exit once the queue is empty.
     closed: bool,
 }
@@ -150,7 +145,7 @@ impl Queue {
             if state.closed {
                 return Turn::Exit;
             }
-            if !state.leading && !state.stopping {
+            if !state.leading {
                 state.leading = true;
                 return Turn::Lead;
             }
@@ -173,12 +168,6 @@ impl Queue {
         }
     }
 
-    /// No new leader from now on.
-    fn stop(&self) {
-        self.lock().stopping = true;
-        self.changed.notify_all();
-    }
-
     /// Lets the workers finish what is queued, then exit.
     fn close(&self) {
         self.lock().closed = true;
@@ -197,8 +186,9 @@ struct Shared {
     waker: Waker,
     /// Open connections: parked, queued or with a worker.
     open: AtomicUsize,
-    /// Accepting paused at the connection cap: a closing connection wakes the leader.
-    paused: AtomicBool,
+    /// Accepting paused at the connection cap, or a stop under way: a closing connection wakes
+    /// the leader.
+    watch_closes: AtomicBool,
     /// Workers still running, for the graceful stop.
     running: Mutex<usize>,
     stopped: Condvar,
@@ -216,20 +206,22 @@ impl Shared {
         *self.slot(index) = Slot::default();
         self.free.lock().unwrap_or_else(|e| e.into_inner()).push(index);
         self.open.fetch_sub(1, Ordering::SeqCst);
-        if self.paused.load(Ordering::SeqCst) {
+        if self.watch_closes.load(Ordering::SeqCst) {
             let _ = self.waker.wake();
         }
     }
 
-    /// Parks a connection whose socket would block, unless bytes were announced meanwhile: then
-    /// it is handed back to be read again.
-    fn park(&self, conn: Box<Conn<Stream>>, index: usize) -> Option<Box<Conn<Stream>>> {
+    /// Parks a connection whose socket would block, unless readiness was announced meanwhile:
+    /// then it is handed back to be driven again.
+    fn park(&self, mut conn: Box<Conn<Stream>>, index: usize) -> Option<Box<Conn<Stream>>> {
+        if self.ctx.shutdown.is_requested() {
+            conn.begin_stop();
+        }
         let mut slot = self.slot(index);
         if std::mem::take(&mut slot.pending) {
             return Some(conn);
         }
         slot.conn = Some(conn);
-        slot.since = Some(Instant::now());
         None
     }
 
@@ -237,36 +229,6 @@ impl Shared {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         *running -= 1;
         self.stopped.notify_all();
-    }
-}
-
-/// What reading a connection's socket until it would block gave.
-enum Read {
-    /// A whole head is parsed and waiting.
-    Head,
-    /// Nothing more for now.
-    Blocked,
-    /// The client closed, or the socket failed.
-    Gone,
-    /// The head is bad: answer this.
-    Bad(ParseError),
-}
-
-/// Reads until a whole head is in or the socket would block.
-fn read_until_head(conn: &mut Conn<Stream>) -> Read {
-    loop {
-        match conn.poll_head() {
-            Ok(true) => return Read::Head,
-            Ok(false) => {}
-            Err(e) => return Read::Bad(e),
-        }
-        match conn.read_available() {
-            Ok(0) => return Read::Gone,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Blocked,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Read::Gone,
-        }
     }
 }
 
@@ -283,14 +245,15 @@ impl Runner for ThreadPool {
         let Serving { listener, ctx } = server;
         listener.set_nonblocking(true)?;
         let poll = Poll::new()?;
-        poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut SourceFd(&ctx.shutdown.wake_fd()), SHUTDOWN, Interest::READABLE)?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let poller = Poller {
             poll,
             events: Events::with_capacity(256),
             listener: Some(listener),
-            accepting: true,
+            listening: false,
+            gate: AcceptGate::default(),
+            stopping: false,
             found: Vec::new(),
             next_sweep: Instant::now() + SWEEP_INTERVAL,
             error: None,
@@ -298,13 +261,7 @@ impl Runner for ThreadPool {
         let shared = Arc::new(Shared {
             ctx: Arc::clone(&ctx),
             queue: Queue {
-                state: Mutex::new(QueueState {
-                    jobs: VecDeque::new(),
-                    idle: 0,
-                    leading: false,
-                    stopping: false,
-                    closed: false,
-                }),
+                state: Mutex::new(QueueState { jobs: VecDeque::new(), idle: 0, leading: false, closed: false }),
                 changed: Condvar::new(),
             },
             poller: Mutex::new(poller),
@@ -312,7 +269,7 @@ impl Runner for ThreadPool {
             free: Mutex::new((0..self.max_connections).rev().collect()),
             waker,
             open: AtomicUsize::new(0),
-            paused: AtomicBool::new(false),
+            watch_closes: AtomicBool::new(false),
             running: Mutex::new(self.workers),
             stopped: Condvar::new(),
         });
@@ -325,51 +282,32 @@ impl Runner for ThreadPool {
                 Err(e) => {
                     shared.worker_stopped();
                     if handles.is_empty() {
+                        shared.queue.close();
                         return Err(e.into());
                     }
                     ctx.config.log(&format!("cannot start worker thread {i}: {e}"));
                 }
             }
         }
-        // This thread only waits for the stop, then conducts it.
+        // This thread only waits for the stop; the leader of the moment conducts it (see
+        // `Poller::begin_stop`), and the workers exit once every connection is closed.
         while !ctx.shutdown.is_requested() {
             crate::sys::unix::wait_readable(&[ctx.shutdown.wake_fd()], None)?;
         }
-        // Graceful stop: no new leader; once the current one is back, stop listening and close
-        // idle connections; queued requests are still served, then the workers exit.
-        shared.queue.stop();
-        let _ = shared.waker.wake();
-        let result = {
-            let mut poller = shared.poller.lock().unwrap_or_else(|e| e.into_inner());
-            // Clients that connected while every worker was busy may have sent a request already:
-            // take them in, so the sweep below serves them, before closing the listener.
-            poller.accept(&shared);
-            poller.listener = None;
-            poller.error.take().map_or(Ok(()), Err)
-        };
-        // A request that arrived while every worker was busy is still in its socket: serve it;
-        // close the connections with nothing (or only part of a head) to serve.
-        let mut last = Vec::new();
-        for index in 0..shared.slots.len() {
-            let parked = shared.slot(index).conn.take();
-            let Some(mut conn) = parked else { continue };
-            match read_until_head(&mut conn) {
-                Read::Head => last.push(Job { conn, slot: index, reject: None }),
-                _ => shared.close(conn, index),
-            }
-        }
-        shared.queue.end_lead(last.into_iter());
-        shared.queue.close();
+        let deadline = Instant::now() + ctx.config.graceful_timeout;
         let running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
         let (running, _) = shared
             .stopped
-            .wait_timeout_while(running, ctx.config.graceful_timeout, |n| *n > 0)
+            .wait_timeout_while(running, deadline.saturating_duration_since(Instant::now()), |n| *n > 0)
             .unwrap_or_else(|e| e.into_inner());
-        if *running > 0 {
-            ctx.config.log(&format!("graceful timeout: abandoning {} busy worker(s)", *running));
+        let busy = *running;
+        drop(running);
+        let result = shared.poller.try_lock().ok().and_then(|mut p| p.error.take()).map_or(Ok(()), Err);
+        if busy > 0 {
+            ctx.config.log(&format!("graceful timeout: abandoning {busy} busy worker(s)"));
+            shared.queue.close();
             return result;
         }
-        drop(running);
         for h in handles {
             let _ = h.join();
         }
@@ -381,7 +319,7 @@ impl Runner for ThreadPool {
 fn work(shared: &Shared) {
     loop {
         match shared.queue.next_turn() {
-            Turn::Work(job) => handle(shared, job),
+            Turn::Work(job) => serve(shared, job),
             Turn::Exit => break,
             Turn::Lead => {
                 let mine = {
@@ -392,7 +330,7 @@ fn work(shared: &Shared) {
                     mine
                 };
                 if let Some(job) = mine {
-                    handle(shared, job);
+                    serve(shared, job);
                 }
             }
         }
@@ -400,32 +338,12 @@ fn work(shared: &Shared) {
     shared.worker_stopped();
 }
 
-fn handle(shared: &Shared, Job { mut conn, slot, reject }: Job) {
-    match reject {
-        Some(error) => {
-            conn.reject(error);
-            shared.close(conn, slot);
-        }
-        None => serve(shared, conn, slot),
-    }
-}
-
-/// Serves a connection's requests for as long as they keep coming without a wait, then parks it.
-fn serve(shared: &Shared, mut conn: Box<Conn<Stream>>, slot: usize) {
+/// Serves a connection for as long as it does not wait on the network, then parks it.
+fn serve(shared: &Shared, Job { mut conn, slot }: Job) {
     loop {
-        if conn.serve(Mode::Buffered) == Served::Closed {
-            return shared.close(conn, slot);
-        }
-        match read_until_head(&mut conn) {
-            Read::Head => continue,
-            Read::Gone => return shared.close(conn, slot),
-            Read::Bad(error) => {
-                conn.reject(error);
-                return shared.close(conn, slot);
-            }
-            // Stopping: an idle connection is closed, not parked where nobody will look again.
-            Read::Blocked if shared.ctx.shutdown.is_requested() => return shared.close(conn, slot),
-            Read::Blocked => match shared.park(conn, slot) {
+        match conn.drive(Mode::Worker) {
+            Step::Closed => return shared.close(conn, slot),
+            Step::Park(_) | Step::Work => match shared.park(conn, slot) {
                 Some(again) => conn = again,
                 None => return,
             },
@@ -439,7 +357,11 @@ struct Poller {
     events: Events,
     /// `None` once the pool stops accepting for good.
     listener: Option<Listener>,
-    accepting: bool,
+    /// Whether the listener is in the poll set.
+    listening: bool,
+    gate: AcceptGate,
+    /// The graceful stop has begun.
+    stopping: bool,
     /// Jobs found by the current turn of leadership.
     found: Vec<Job>,
     next_sweep: Instant,
@@ -448,19 +370,29 @@ struct Poller {
 }
 
 impl Poller {
-    /// Waits for readiness until at least one request is complete (returned; any others are in
-    /// `found`) or the pool stops (`None`).
+    /// Waits for readiness until at least one connection needs a worker (returned; any others
+    /// are in `found`), or the pool is done: stopped with no connection left, or failed.
     fn lead(&mut self, shared: &Shared) -> Option<Job> {
         loop {
-            if shared.ctx.shutdown.is_requested() || self.listener.is_none() || self.error.is_some() {
-                return None;
+            if shared.ctx.shutdown.is_requested() && !self.stopping {
+                self.begin_stop(shared);
             }
+            if self.error.is_some() || self.stopping && shared.open.load(Ordering::SeqCst) == 0 {
+                shared.queue.close();
+                return self.take_found();
+            }
+            if let Err(e) = self.update_listener(shared) {
+                self.fail(shared, e.into());
+                continue;
+            }
+            let now = Instant::now();
             // An idle server sleeps until something happens; a busy one also wakes to sweep.
-            let timeout = if shared.open.load(Ordering::SeqCst) == 0 {
-                None
-            } else {
-                Some(self.next_sweep.saturating_duration_since(Instant::now()))
+            let sweep = (shared.open.load(Ordering::SeqCst) > 0).then_some(self.next_sweep);
+            let wake_at = match (sweep, self.gate.resume_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
+            let timeout = wake_at.map(|t| t.saturating_duration_since(now));
             if let Err(e) = self.poll.poll(&mut self.events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     self.fail(shared, e.into());
@@ -469,20 +401,14 @@ impl Poller {
             }
             // Taken out for the loop, which needs `self`; an empty `Events` allocates nothing.
             let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
-            let mut stop = false;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(shared),
-                    SHUTDOWN => stop = true,
-                    WAKER => {}
-                    Token(t) => self.on_readable(shared, t - FIRST_CONN),
+                    SHUTDOWN | WAKER => {}
+                    Token(t) => self.on_ready(shared, t - FIRST_CONN),
                 }
             }
             self.events = events;
-            if stop {
-                return self.take_found();
-            }
-            self.resume_accepting(shared);
             if Instant::now() >= self.next_sweep {
                 self.sweep(shared);
                 self.next_sweep = Instant::now() + SWEEP_INTERVAL;
@@ -505,39 +431,86 @@ impl Poller {
         shared.ctx.shutdown.shutdown();
     }
 
-    fn accept(&mut self, shared: &Shared) {
-        while self.accepting {
-            let Some(listener) = &self.listener else { return };
-            let free = shared.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let Some(index) = free else {
-                // At the cap: leave new clients in the backlog until a connection closes.
+    /// The graceful stop: take in the clients that connected before it (they may have sent a
+    /// request already), stop listening, and tell every parked connection, so that one idle in
+    /// keep-alive still answers a request on its way, then closes.
+    fn begin_stop(&mut self, shared: &Shared) {
+        self.stopping = true;
+        shared.watch_closes.store(true, Ordering::SeqCst);
+        if self.listener.is_some() {
+            self.accept(shared);
+        }
+        if let Some(listener) = self.listener.take() {
+            if self.listening {
                 let _ = self.poll.registry().deregister(&mut SourceFd(&listener.as_raw_fd()));
-                self.accepting = false;
-                shared.paused.store(true, Ordering::SeqCst);
+            }
+        }
+        self.listening = false;
+        for index in 0..shared.slots.len() {
+            let parked = shared.slot(index).conn.take();
+            let Some(mut conn) = parked else { continue };
+            conn.begin_stop();
+            self.drive(shared, conn, index);
+        }
+    }
+
+    /// Puts the listener in the poll set, or takes it out, as the connection cap and the accept
+    /// gate say.
+    fn update_listener(&mut self, shared: &Shared) -> io::Result<()> {
+        let Some(listener) = &self.listener else { return Ok(()) };
+        let at_cap = shared.open.load(Ordering::SeqCst) >= shared.slots.len();
+        let wanted = !at_cap && self.gate.is_open(Instant::now());
+        shared.watch_closes.store(at_cap || self.stopping, Ordering::SeqCst);
+        if wanted == self.listening {
+            return Ok(());
+        }
+        let mut fd = SourceFd(&listener.as_raw_fd());
+        if wanted {
+            self.poll.registry().register(&mut fd, LISTENER, Interest::READABLE)?;
+            self.listening = true;
+            // Clients may have queued in the backlog meanwhile, and no new edge will announce them.
+            self.accept(shared);
+        } else {
+            self.poll.registry().deregister(&mut fd)?;
+            self.listening = false;
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, shared: &Shared) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            if !self.gate.is_open(Instant::now()) {
                 return;
-            };
+            }
+            let free = shared.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            // At the cap: new clients wait in the backlog until a connection closes.
+            let Some(index) = free else { return };
             match listener.accept() {
-                Ok((mut stream, peer)) => {
+                Ok((stream, peer)) => {
+                    self.gate.accepted(&shared.ctx);
                     let fd = stream.as_raw_fd();
-                    let registered = stream.set_nonblocking(true).and_then(|()| {
-                        let token = Token(index + FIRST_CONN);
-                        self.poll.registry().register(&mut SourceFd(&fd), token, Interest::READABLE)
-                    });
-                    if registered.is_err() {
+                    let token = Token(index + FIRST_CONN);
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if self.poll.registry().register(&mut SourceFd(&fd), token, interest).is_err() {
                         shared.free.lock().unwrap_or_else(|e| e.into_inner()).push(index);
                         continue;
                     }
                     shared.open.fetch_add(1, Ordering::SeqCst);
-                    let conn = Box::new(Conn::new(stream, peer, Arc::clone(&shared.ctx)));
+                    let buffered = shared.ctx.config.buffered_body;
+                    let mut conn = Box::new(Conn::new(stream, peer, Arc::clone(&shared.ctx), buffered));
+                    if self.stopping {
+                        conn.begin_stop();
+                    }
                     // Registering reports bytes already waiting, so the first request is not missed.
-                    *shared.slot(index) = Slot { conn: Some(conn), pending: false, since: Some(Instant::now()) };
+                    *shared.slot(index) = Slot { conn: Some(conn), pending: false };
                 }
                 Err(e) => {
                     shared.free.lock().unwrap_or_else(|e| e.into_inner()).push(index);
                     if e.kind() == io::ErrorKind::WouldBlock {
                         return;
                     }
-                    if let Err(e) = super::accept_error(&shared.ctx, e) {
+                    if let Err(e) = self.gate.failed(&shared.ctx, e) {
                         return self.fail(shared, e);
                     }
                 }
@@ -545,22 +518,8 @@ impl Poller {
         }
     }
 
-    fn resume_accepting(&mut self, shared: &Shared) {
-        let Some(listener) = &self.listener else { return };
-        if !self.accepting && shared.open.load(Ordering::SeqCst) < shared.slots.len() {
-            shared.paused.store(false, Ordering::SeqCst);
-            let fd = listener.as_raw_fd();
-            if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), LISTENER, Interest::READABLE) {
-                return self.fail(shared, e.into());
-            }
-            self.accepting = true;
-            // Clients may have queued in the backlog meanwhile, and no new edge will announce them.
-            self.accept(shared);
-        }
-    }
-
-    /// Bytes came for a connection: read them if it is parked, else tell whoever has it.
-    fn on_readable(&mut self, shared: &Shared, index: usize) {
+    /// The socket of a connection became ready: drive it if it is parked, else tell whoever has it.
+    fn on_ready(&mut self, shared: &Shared, index: usize) {
         let Some(slot) = shared.slots.get(index) else { return };
         let taken = {
             let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
@@ -572,46 +531,43 @@ impl Poller {
                 }
             }
         };
-        let Some(mut conn) = taken else { return };
+        if let Some(conn) = taken {
+            self.drive(shared, conn, index);
+        }
+    }
+
+    /// Reads what a connection has; a connection that needs a worker becomes a job.
+    fn drive(&mut self, shared: &Shared, mut conn: Box<Conn<Stream>>, index: usize) {
         loop {
-            match read_until_head(&mut conn) {
-                Read::Head => self.found.push(Job { conn, slot: index, reject: None }),
-                Read::Blocked => {
-                    // Only a stale announcement can leave `pending` set: read again.
+            match conn.drive(Mode::Poller) {
+                Step::Work => self.found.push(Job { conn, slot: index }),
+                Step::Closed => shared.close(conn, index),
+                Step::Park(_) => {
+                    // Only a stale announcement can leave `pending` set: drive again.
                     if let Some(again) = shared.park(conn, index) {
                         conn = again;
                         continue;
                     }
                 }
-                Read::Gone => shared.close(conn, index),
-                Read::Bad(error) => self.found.push(Job { conn, slot: index, reject: Some(error) }),
             }
             return;
         }
     }
 
-    /// Closes parked connections idle past the keep-alive timeout and answers `408` to heads
-    /// that missed their deadline.
+    /// Acts on the deadlines of parked connections: a head or body that did not come in time
+    /// gets `408`, an idle connection closes, a stalled write is dropped.
     fn sweep(&mut self, shared: &Shared) {
         let now = Instant::now();
-        let keepalive = shared.ctx.config.keepalive_timeout;
         for index in 0..shared.slots.len() {
             let expired = {
                 let mut slot = shared.slot(index);
-                let due = match &slot.conn {
-                    Some(conn) => conn.head_deadline().or_else(|| Some(slot.since? + keepalive?)),
-                    None => None,
-                };
-                match due {
-                    Some(t) if t <= now => slot.conn.take(),
+                match &slot.conn {
+                    Some(conn) if conn.next_deadline().is_some_and(|t| t <= now) => slot.conn.take(),
                     _ => None,
                 }
             };
-            let Some(conn) = expired else { continue };
-            if conn.head_deadline().is_some() {
-                self.found.push(Job { conn, slot: index, reject: Some(ParseError::Timeout) });
-            } else {
-                shared.close(conn, index);
+            if let Some(conn) = expired {
+                self.drive(shared, conn, index);
             }
         }
     }

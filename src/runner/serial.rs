@@ -1,13 +1,10 @@
 //! The serial runner: one connection at a time, on the calling thread.
 
-use std::os::fd::AsRawFd;
-
 use super::private::{Sealed, Serving};
 use super::Runner;
 use crate::conn::serve_connection;
 use crate::environ::RunnerFlags;
 use crate::error::Result;
-use crate::sys::unix;
 
 /// Serves one connection at a time on the thread that calls `serve`: PEP 3333's single-threaded
 /// mode, for handlers that are not thread-safe in spirit and for debugging.
@@ -41,15 +38,6 @@ impl Runner for Serial {
     fn run(self: Box<Self>, server: Serving) -> Result<()> {
         let Serving { listener, ctx } = server;
         listener.set_nonblocking(true)?;
-        let fds = [listener.as_raw_fd(), ctx.shutdown.wake_fd()];
-        loop {
-            if unix::wait_readable(&fds, None)? != Some(0) || ctx.shutdown.is_requested() {
-                return Ok(());
-            }
-            match listener.accept() {
-                Ok((stream, peer)) => serve_connection(stream, peer, &ctx),
-                Err(e) => super::accept_error(&ctx, e)?,
-            }
-        }
+        super::accept_loop(&listener, &ctx, None, || false, || {}, |stream, peer| serve_connection(stream, peer, &ctx))
     }
 }

@@ -1,6 +1,5 @@
 //! The thread-per-connection runner.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -74,34 +73,26 @@ impl Runner for Threaded {
         listener.set_nonblocking(true)?;
         let live = Arc::new(AtomicUsize::new(0));
         let freed = Arc::new(WakePipe::new()?);
-        let wake = ctx.shutdown.wake_fd();
-        loop {
-            let at_cap = live.load(Ordering::SeqCst) >= self.max_connections;
-            let fds = [wake, freed.read_fd(), listener.as_raw_fd()];
-            let ready = unix::wait_readable(if at_cap { &fds[..2] } else { &fds }, None)?;
-            freed.drain();
-            if ctx.shutdown.is_requested() || ready == Some(0) {
-                break;
-            }
-            if ready != Some(2) {
-                continue;
-            }
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    live.fetch_add(1, Ordering::SeqCst);
-                    let slot = Slot { live: Arc::clone(&live), freed: Arc::clone(&freed) };
-                    let conn_ctx = Arc::clone(&ctx);
-                    let spawned = std::thread::Builder::new().name("sgi-conn".into()).spawn(move || {
-                        let _slot = slot;
-                        serve_connection(stream, peer, &conn_ctx);
-                    });
-                    if let Err(e) = spawned {
-                        ctx.config.log(&format!("cannot start a connection thread: {e}"));
-                    }
+        let at_cap = || live.load(Ordering::SeqCst) >= self.max_connections;
+        super::accept_loop(
+            &listener,
+            &ctx,
+            Some(&freed),
+            at_cap,
+            || {},
+            |stream, peer| {
+                live.fetch_add(1, Ordering::SeqCst);
+                let slot = Slot { live: Arc::clone(&live), freed: Arc::clone(&freed) };
+                let conn_ctx = Arc::clone(&ctx);
+                let spawned = std::thread::Builder::new().name("sgi-conn".into()).spawn(move || {
+                    let _slot = slot;
+                    serve_connection(stream, peer, &conn_ctx);
+                });
+                if let Err(e) = spawned {
+                    ctx.config.log(&format!("cannot start a connection thread: {e}"));
                 }
-                Err(e) => super::accept_error(&ctx, e)?,
-            }
-        }
+            },
+        )?;
         // Graceful stop: no more accepting; idle connections saw the shutdown pipe and close;
         // requests in progress get until the grace period ends.
         drop(listener);

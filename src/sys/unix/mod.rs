@@ -66,16 +66,40 @@ pub(crate) fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Res
 pub(crate) mod process;
 pub(crate) mod signal;
 
-/// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`), or `timeout` passes; returns
-/// whether it is ready (an error or hang-up counts as ready: the next call reports it).
-pub(crate) fn wait_ready(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let mut pollfd = libc::pollfd { fd, events, revents: 0 };
+/// What [`wait_io`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// The descriptor is ready (or failed or hung up: the next call on it says which).
+    Ready,
+    /// The deadline passed.
+    TimedOut,
+    /// The wake-up descriptor became readable.
+    Woken,
+}
+
+/// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`), `wake` becomes readable, or
+/// `deadline` passes. Retries on `EINTR`.
+pub(crate) fn wait_io(
+    fd: RawFd,
+    events: libc::c_short,
+    wake: Option<RawFd>,
+    deadline: Option<Instant>,
+) -> io::Result<Waited> {
+    let mut pollfds =
+        [libc::pollfd { fd, events, revents: 0 }, libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }];
+    let count = if let Some(w) = wake {
+        pollfds[1].fd = w;
+        2
+    } else {
+        1
+    };
     loop {
         let ms = poll_millis(deadline);
-        // SAFETY: `pollfd` is one valid, initialised pollfd struct.
-        match syscall!(unsafe { libc::poll(&mut pollfd, 1, ms) }) {
-            Ok(n) => return Ok(n > 0),
+        // SAFETY: `pollfds[..count]` is a valid, initialised array of pollfd structs.
+        match syscall!(unsafe { libc::poll(pollfds.as_mut_ptr(), count as libc::nfds_t, ms) }) {
+            Ok(0) => return Ok(Waited::TimedOut),
+            Ok(_) if pollfds[0].revents != 0 => return Ok(Waited::Ready),
+            Ok(_) => return Ok(Waited::Woken),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }

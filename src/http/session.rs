@@ -1,0 +1,976 @@
+//! The connection state machine: everything one HTTP/1.1 connection does, except the socket.
+//!
+//! A [`Session`] takes the bytes a runner read ([`Session::read_buf`], [`Session::received`]),
+//! says what it needs next ([`Session::poll`]: a request for the handler, a body chunk, a write,
+//! a read, with the deadline of that wait), gives the bytes to send ([`Session::output`],
+//! [`Session::wrote`]) and takes the handler's response ([`Session::respond`],
+//! [`Session::body_chunk`], [`Session::body_end`]). It never touches a socket, a clock or a
+//! thread: time comes in as `now`, so it is tested in memory with a fake clock, and every runner
+//! pumps the same machine, so framing, keep-alive, drain, linger and timeouts exist once.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::environ::Vars;
+use crate::error::ParseError;
+use crate::http::decode::Decoder;
+use crate::http::encode::{self, BodyFraming, RequestInfo, ResponseHead};
+use crate::http::parse::{self, ConnInfo, Framing, HeadScanner, RequestHead};
+
+/// First size of a read buffer; it grows to hold a whole head (and a buffered body) when needed.
+const READ_BUFFER: usize = 8 * 1024;
+/// Least room offered to a read.
+const MIN_READ: usize = 4 * 1024;
+/// Chunks up to this size are copied next to their framing; larger ones are sent from where
+/// they are.
+const COPY_CHUNK_LIMIT: usize = 16 * 1024;
+/// Output beyond this is written before another response or body chunk is added: responses to
+/// pipelined requests are gathered into one write up to here.
+const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+/// How long, and how much, input is read and discarded after deciding to close a connection
+/// that may still be sending, so that the client reads our response before a reset (RFC 9112
+/// §9.6).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+/// At a graceful stop, how long a connection idle in keep-alive still waits for a request that
+/// may already be on its way; such a request is answered (with `Connection: close`).
+pub(crate) const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// What a session needs next from the code that drives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// A request head is parsed (its variables are in [`Session::take_vars`]): call the
+    /// handler, then [`Session::respond`].
+    Request(RequestHead),
+    /// Pull the next chunk of the response body: [`Session::body_chunk`], [`Session::body_end`]
+    /// or [`Session::body_failed`].
+    Body,
+    /// Write [`Session::output`] (it is not empty), until the deadline at the latest.
+    Write(Option<Instant>),
+    /// Read into [`Session::read_buf`], until the deadline at the latest. `idle` when no request
+    /// has begun: a graceful stop may end this wait.
+    Read { deadline: Option<Instant>, idle: bool },
+    /// Shut down the sending side of the socket (a lingering close has begun), then poll again.
+    ShutdownWrite,
+    /// Close the connection.
+    Close,
+}
+
+/// What a read of the request body gave, for `wsgi.input`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyRead {
+    /// This many body bytes were written to the caller's buffer.
+    Data(usize),
+    /// The body is complete.
+    End,
+    /// The body is broken (framing, limit, timeout, or the client left); the connection closes.
+    Failed(ParseError),
+    /// Output is pending (`100 Continue`, or responses to earlier requests): write it, then read
+    /// again.
+    Flush(Option<Instant>),
+    /// Bytes are needed: read, then read the body again.
+    Read(Option<Instant>),
+}
+
+/// A finished exchange, for an access log: what the client was actually sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Finished {
+    pub(crate) status: u16,
+    /// Body bytes queued for the client (framing excluded).
+    pub(crate) body_bytes: u64,
+    /// When the request head was complete.
+    pub(crate) started: Instant,
+    /// When the last byte of the response was queued.
+    pub(crate) ended: Instant,
+}
+
+/// A read buffer: `data[start..end]` holds bytes received and not yet consumed.
+#[derive(Default)]
+struct ReadBuf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Room for at least `min` more bytes, moving unconsumed bytes to the front first.
+    fn spare(&mut self, min: usize) -> &mut [u8] {
+        if self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.data.len() - self.end < min {
+            let len = (self.end + min).max(READ_BUFFER).max(self.data.len() * 2);
+            self.data.resize(len, 0);
+        }
+        &mut self.data[self.end..]
+    }
+}
+
+/// Bytes waiting to be written, in order: whole segments sent from where they are (large body
+/// chunks), then a tail that small pieces are copied into. The tail's allocation is kept from
+/// response to response.
+#[derive(Default)]
+struct Output {
+    segments: VecDeque<Bytes>,
+    tail: Vec<u8>,
+    /// Bytes of the first segment (or, with no segments, of the tail) already written.
+    written: usize,
+    len: usize,
+}
+
+impl Output {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.tail.extend_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// Appends with a closure writing into the tail.
+    fn extend_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let before = self.tail.len();
+        write(&mut self.tail);
+        self.len += self.tail.len() - before;
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        if chunk.len() <= COPY_CHUNK_LIMIT {
+            return self.extend(&chunk);
+        }
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            let unwritten = if self.segments.is_empty() { self.written } else { 0 };
+            // The tail is written before the new segment: it becomes a segment of its own.
+            let mut tail = Bytes::from(tail);
+            if unwritten > 0 {
+                tail = tail.slice(unwritten..);
+                self.written = 0;
+            }
+            self.segments.push_back(tail);
+        }
+        self.len += chunk.len();
+        self.segments.push_back(chunk);
+    }
+
+    fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        let mut skip = self.written;
+        for segment in self.segments.iter().map(|b| &b[..]).chain(std::iter::once(&self.tail[..])) {
+            if n == out.len() {
+                break;
+            }
+            let part = &segment[skip.min(segment.len())..];
+            skip = 0;
+            if !part.is_empty() {
+                out[n] = IoSlice::new(part);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        n = n.min(self.len);
+        self.len -= n;
+        while n > 0 {
+            match self.segments.front() {
+                Some(front) => {
+                    let left = front.len() - self.written;
+                    if n < left {
+                        self.written += n;
+                        return;
+                    }
+                    n -= left;
+                    self.written = 0;
+                    self.segments.pop_front();
+                }
+                None => {
+                    self.written += n;
+                    break;
+                }
+            }
+        }
+        if self.len == 0 {
+            self.segments.clear();
+            self.tail.clear();
+            self.written = 0;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.segments.clear();
+        self.tail.clear();
+        self.written = 0;
+        self.len = 0;
+    }
+}
+
+/// Where the connection stands.
+enum Phase {
+    /// Waiting for, or reading, a request head.
+    Head,
+    /// A head is parsed; its (small) body is being buffered before the request is handed out.
+    Buffering(Exchange),
+    /// The request was handed out: the handler runs, then its response is written.
+    Exchange(Exchange),
+    /// Writing what is pending, then closing (after a lingering read, if `linger`).
+    Closing(Closing),
+    Closed,
+}
+
+struct Closing {
+    linger: bool,
+    /// When the lingering read ends, once the sending side is shut down.
+    until: Option<Instant>,
+    discarded: usize,
+}
+
+/// One request and its response.
+struct Exchange {
+    req: RequestHead,
+    decoder: Decoder,
+    continue_pending: bool,
+    body_error: Option<ParseError>,
+    /// When reading the body must have progressed by (see [`body_progress`]).
+    body_deadline: Option<Instant>,
+    /// Body bytes read and discarded after the response.
+    drained: u64,
+    started: Instant,
+    response: Response,
+}
+
+enum Response {
+    /// The handler has not answered yet.
+    Pending,
+    /// The body is being pulled; `head` until it is encoded, with the first non-empty chunk.
+    Streaming {
+        head: Option<ResponseHead>,
+        framing: BodyFraming,
+        body_len: Option<u64>,
+        written: u64,
+        keep_alive: bool,
+    },
+    /// Everything is queued; what remains is the drain of an unread request body.
+    Done { keep_alive: bool },
+}
+
+/// The state machine of one connection. See the module documentation.
+pub(crate) struct Session {
+    config: Arc<Config>,
+    info: ConnInfo,
+    rbuf: ReadBuf,
+    out: Output,
+    vars: Vars,
+    head: ResponseHead,
+    scanner: HeadScanner,
+    phase: Phase,
+    served: usize,
+    /// Bodies up to this many bytes are read before their request is handed out.
+    buffered_body: u64,
+    /// When a graceful stop began, if one has.
+    stopping: Option<Instant>,
+    /// When the wait for the next request began.
+    idle_since: Instant,
+    /// When the first byte of the head being received came.
+    head_started: Option<Instant>,
+    /// When writing last made progress (or output became pending).
+    write_progress: Instant,
+    /// The client will send nothing more.
+    eof: bool,
+    finished: Option<Finished>,
+}
+
+impl Session {
+    /// A session for a connection accepted at `now`. `buffered_body`: bodies up to that size are
+    /// read whole before their request is handed out (0 for runners that give each connection a
+    /// thread of its own).
+    pub(crate) fn new(config: Arc<Config>, info: ConnInfo, buffered_body: u64, now: Instant) -> Session {
+        Session {
+            config,
+            info,
+            rbuf: ReadBuf::default(),
+            out: Output::default(),
+            vars: Vars::default(),
+            head: ResponseHead::default(),
+            scanner: HeadScanner::default(),
+            phase: Phase::Head,
+            served: 0,
+            buffered_body,
+            stopping: None,
+            idle_since: now,
+            head_started: None,
+            write_progress: now,
+            eof: false,
+            finished: None,
+        }
+    }
+
+    /// Room to read into; report what was read with [`Session::received`].
+    pub(crate) fn read_buf(&mut self) -> &mut [u8] {
+        self.rbuf.spare(MIN_READ)
+    }
+
+    /// `n` bytes were read into [`Session::read_buf`] at `now`.
+    pub(crate) fn received(&mut self, n: usize, now: Instant) {
+        self.rbuf.end += n;
+        match &mut self.phase {
+            Phase::Closing(c) => {
+                c.discarded += self.rbuf.filled().len();
+                self.rbuf.clear();
+            }
+            Phase::Closed => self.rbuf.clear(),
+            Phase::Head => {}
+            Phase::Buffering(x) | Phase::Exchange(x) => {
+                if !x.decoder.is_done() {
+                    x.body_deadline = body_progress(&self.config, x.body_deadline, n, now);
+                }
+            }
+        }
+    }
+
+    /// The client closed its sending side (a read returned 0).
+    pub(crate) fn received_eof(&mut self) {
+        self.eof = true;
+    }
+
+    /// Writing failed for good (the client is gone): nothing more will be sent.
+    pub(crate) fn write_failed(&mut self) {
+        self.out.clear();
+        self.phase = Phase::Closed;
+    }
+
+    /// The sending side was shut down at `now` ([`Next::ShutdownWrite`]).
+    pub(crate) fn shut_down(&mut self, now: Instant) {
+        if let Phase::Closing(c) = &mut self.phase {
+            c.until = Some(now + LINGER_TIME);
+        }
+    }
+
+    /// The bytes to write next, as up to `slices.len()` slices; returns how many were filled.
+    pub(crate) fn output<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        self.out.slices(slices)
+    }
+
+    /// `n` bytes of [`Session::output`] were written at `now`.
+    pub(crate) fn wrote(&mut self, n: usize, now: Instant) {
+        self.out.advance(n);
+        if n > 0 {
+            self.write_progress = now;
+        }
+    }
+
+    /// Begins a graceful stop: the response in progress says `Connection: close`, and a
+    /// connection idle in keep-alive gets [`STOP_GRACE`] for a request already on its way.
+    pub(crate) fn begin_stop(&mut self, now: Instant) {
+        self.stopping.get_or_insert(now);
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
+    /// The variables of the request just handed out, for its environ.
+    pub(crate) fn take_vars(&mut self) -> Vars {
+        std::mem::take(&mut self.vars)
+    }
+
+    /// Gives the variable storage back for the next request.
+    pub(crate) fn put_vars(&mut self, vars: Vars) {
+        self.vars = vars;
+    }
+
+    /// Storage for the response head, lent to the handler's `StartResponse`.
+    pub(crate) fn take_response_head(&mut self) -> ResponseHead {
+        std::mem::take(&mut self.head)
+    }
+
+    /// Gives back response-head storage the handler did not use.
+    pub(crate) fn put_response_head(&mut self, head: ResponseHead) {
+        self.head = head;
+    }
+
+    /// Whether the response body is wanted ([`Next::Body`] may follow); once not, drop it.
+    pub(crate) fn wants_body(&self) -> bool {
+        matches!(&self.phase, Phase::Exchange(Exchange { response: Response::Streaming { .. }, .. }))
+    }
+
+    /// Whether the connection is still usable (not closed after a failure).
+    pub(crate) fn is_open(&self) -> bool {
+        !matches!(self.phase, Phase::Closed)
+    }
+
+    /// The exchange that finished last, once. Read by the tests now, by the access log later.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn take_finished(&mut self) -> Option<Finished> {
+        self.finished.take()
+    }
+
+    /// The peer as `addr:port` (empty for a Unix socket), for log lines.
+    pub(crate) fn peer(&self) -> String {
+        if self.info.remote_addr.is_empty() {
+            "unix socket".into()
+        } else {
+            format!("{}:{}", self.info.remote_addr, self.info.remote_port)
+        }
+    }
+
+    /// When the session next needs attention if nothing happens on the socket.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        if !self.out.is_empty() {
+            return self.write_deadline();
+        }
+        match &self.phase {
+            Phase::Head => self.head_deadline(),
+            Phase::Buffering(x) => x.body_deadline,
+            Phase::Exchange(x) => match x.response {
+                Response::Pending | Response::Done { .. } => x.body_deadline,
+                Response::Streaming { .. } => None,
+            },
+            Phase::Closing(c) => c.until,
+            Phase::Closed => None,
+        }
+    }
+
+    fn write_deadline(&self) -> Option<Instant> {
+        Some(self.write_progress + self.config.write_timeout?)
+    }
+
+    fn head_deadline(&self) -> Option<Instant> {
+        if let Some(t0) = self.head_started {
+            return Some(t0 + self.config.header_timeout?);
+        }
+        let idle = self.config.keepalive_timeout.map(|t| self.idle_since + t);
+        let grace = self.stopping.map(|t| t.max(self.idle_since) + STOP_GRACE);
+        match (idle, grace) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Acts on a deadline that has passed: a write that stalled is abandoned, a head or body
+    /// that did not come in time gets `408`, an idle connection closes.
+    fn expire(&mut self, now: Instant) {
+        if !self.out.is_empty() {
+            self.log(&format!(
+                "write stalled for {:?}: connection dropped",
+                self.config.write_timeout.unwrap_or_default()
+            ));
+            return self.write_failed();
+        }
+        match &mut self.phase {
+            Phase::Head if self.head_started.is_some() => self.reject(ParseError::Timeout, now),
+            Phase::Head => self.phase = Phase::Closed,
+            Phase::Buffering(_) => self.reject(ParseError::Timeout, now),
+            Phase::Exchange(x) => {
+                x.body_error.get_or_insert(ParseError::Timeout);
+                if let Response::Done { .. } = x.response {
+                    // Draining after the response: give up on the connection.
+                    self.phase = Phase::Closed;
+                }
+            }
+            Phase::Closing(_) | Phase::Closed => self.phase = Phase::Closed,
+        }
+    }
+
+    /// What the session needs next, at `now`. Call it after every event.
+    pub(crate) fn poll(&mut self, now: Instant) -> Next {
+        loop {
+            if self.next_deadline().is_some_and(|d| d <= now) {
+                self.expire(now);
+            }
+            let write = Next::Write(self.write_deadline());
+            match &mut self.phase {
+                Phase::Closed => return Next::Close,
+                Phase::Closing(c) => {
+                    if !self.out.is_empty() {
+                        return write;
+                    }
+                    if !c.linger {
+                        self.phase = Phase::Closed;
+                        continue;
+                    }
+                    let Some(until) = c.until else { return Next::ShutdownWrite };
+                    if self.eof || c.discarded >= LINGER_BYTES || until <= now {
+                        self.phase = Phase::Closed;
+                        continue;
+                    }
+                    return Next::Read { deadline: Some(until), idle: false };
+                }
+                Phase::Exchange(x) => match x.response {
+                    // The handler runs: a driver has nothing to ask until it answers.
+                    Response::Pending => return if self.out.is_empty() { Next::Close } else { write },
+                    Response::Streaming { ref head, .. } => {
+                        // A chunk is written before the next is pulled, so a stream paces itself;
+                        // until this response has one, earlier responses may wait to go with it.
+                        if head.is_none() && !self.out.is_empty() {
+                            return write;
+                        }
+                        return Next::Body;
+                    }
+                    Response::Done { keep_alive } => {
+                        if keep_alive && !x.decoder.is_done() && x.body_error.is_none() {
+                            match self.drain() {
+                                Some(next) => return next,
+                                None => continue,
+                            }
+                        }
+                        let keep_alive = keep_alive && x.body_error.is_none() && x.decoder.is_done();
+                        if keep_alive {
+                            self.next_request(now);
+                        } else {
+                            let linger = !x.decoder.is_done() || !self.rbuf.filled().is_empty();
+                            self.phase = Phase::Closing(Closing { linger, until: None, discarded: 0 });
+                        }
+                    }
+                },
+                Phase::Buffering(x) => {
+                    let Framing::Length(n) = x.req.framing else { unreachable!("only length bodies are buffered") };
+                    if self.rbuf.filled().len() as u64 >= n {
+                        let Phase::Buffering(x) = std::mem::replace(&mut self.phase, Phase::Head) else {
+                            unreachable!()
+                        };
+                        let req = x.req;
+                        self.phase = Phase::Exchange(x);
+                        return Next::Request(req);
+                    }
+                    if self.eof {
+                        self.reject(ParseError::IncompleteBody, now);
+                        continue;
+                    }
+                    if !self.out.is_empty() {
+                        return write;
+                    }
+                    return Next::Read { deadline: x.body_deadline, idle: false };
+                }
+                Phase::Head => {
+                    if self.out.len >= OUTPUT_HIGH_WATER {
+                        return write;
+                    }
+                    match self.parse_head(now) {
+                        Err(e) => self.reject(e, now),
+                        Ok(Some(req)) => {
+                            if let Some(next) = self.begin_exchange(req, now) {
+                                return next;
+                            }
+                        }
+                        Ok(None) if !self.out.is_empty() => return write,
+                        Ok(None) if self.eof => self.phase = Phase::Closed,
+                        Ok(None) => {
+                            let idle = self.head_started.is_none();
+                            return Next::Read { deadline: self.head_deadline(), idle };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads and discards what the handler left of the request body, up to the drain limit.
+    /// `None` when the drain ended (well or not) and the phase moved on.
+    fn drain(&mut self) -> Option<Next> {
+        let Phase::Exchange(x) = &mut self.phase else { return None };
+        let mut scratch = [0u8; 4096];
+        loop {
+            match x.decoder.decode(self.rbuf.filled(), &mut scratch) {
+                Ok((0, 0)) => break,
+                Ok((consumed, produced)) => {
+                    self.rbuf.consume(consumed);
+                    x.drained += produced as u64;
+                }
+                Err(e) => {
+                    x.body_error = Some(e);
+                    return None;
+                }
+            }
+            if x.decoder.is_done() {
+                return None;
+            }
+        }
+        if x.drained > self.config.drain_limit || self.eof {
+            // Not worth waiting for: close instead (lingering, as the client may still send).
+            x.body_error.get_or_insert(ParseError::IncompleteBody);
+            return None;
+        }
+        if !self.out.is_empty() {
+            return Some(Next::Write(self.write_deadline()));
+        }
+        Some(Next::Read { deadline: x.body_deadline, idle: false })
+    }
+
+    /// Parses the head at the front of the buffer, if it is all there.
+    fn parse_head(&mut self, now: Instant) -> Result<Option<RequestHead>, ParseError> {
+        let skip = parse::leading_empty_lines(self.rbuf.filled());
+        if skip > 0 {
+            self.rbuf.consume(skip);
+            self.scanner = HeadScanner::default();
+            self.head_started.get_or_insert(now);
+        }
+        let buf = self.rbuf.filled();
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        self.head_started.get_or_insert(now);
+        let mut parsed = None;
+        if self.scanner.is_fresh() {
+            parsed = parse::try_parse_head(buf, &self.config, &self.info, &mut self.vars)?;
+        }
+        if parsed.is_none() {
+            // In pieces: find the end first, so each byte is scanned once however it trickles in.
+            let Some(len) = self.scanner.scan(buf, &self.config)? else { return Ok(None) };
+            parsed = Some(parse::parse_head(&buf[..len], &self.config, &self.info, &mut self.vars)?);
+        }
+        let req = parsed.expect("parsed on one path or the other");
+        self.rbuf.consume(req.len);
+        self.scanner = HeadScanner::default();
+        self.head_started = None;
+        Ok(Some(req))
+    }
+
+    /// Starts the exchange of a parsed request; the request is handed out now, or once its body
+    /// is buffered.
+    fn begin_exchange(&mut self, req: RequestHead, now: Instant) -> Option<Next> {
+        let config = &self.config;
+        let decoder = match req.framing {
+            Framing::Empty => Decoder::length(0),
+            Framing::Length(n) => Decoder::length(n),
+            Framing::Chunked => Decoder::chunked(config.max_body, config.max_chunk_extension, config.max_trailer),
+        };
+        let body_deadline = if decoder.is_done() { None } else { config.body_timeout.map(|t| now + t) };
+        let exchange = Exchange {
+            req,
+            decoder,
+            continue_pending: req.expect_continue,
+            body_error: None,
+            body_deadline,
+            drained: 0,
+            started: now,
+            response: Response::Pending,
+        };
+        let buffer = match req.framing {
+            // A client that asked for `100 Continue` sends nothing until the handler reads.
+            Framing::Length(n) => !req.expect_continue && n <= self.buffered_body,
+            Framing::Empty | Framing::Chunked => false,
+        };
+        if buffer {
+            self.phase = Phase::Buffering(exchange);
+            return None;
+        }
+        self.phase = Phase::Exchange(exchange);
+        Some(Next::Request(req))
+    }
+
+    /// Reads request body bytes into `out`, for `wsgi.input`.
+    pub(crate) fn read_body(&mut self, out: &mut [u8], now: Instant) -> BodyRead {
+        // The connection failed under the handler: the body will not come.
+        let Phase::Exchange(x) = &mut self.phase else { return BodyRead::Failed(ParseError::IncompleteBody) };
+        if let Some(e) = x.body_error {
+            return BodyRead::Failed(e);
+        }
+        if x.decoder.is_done() || out.is_empty() {
+            return BodyRead::End;
+        }
+        if std::mem::take(&mut x.continue_pending) {
+            if self.out.is_empty() {
+                self.write_progress = now;
+            }
+            self.out.extend(encode::CONTINUE);
+        }
+        loop {
+            match x.decoder.decode(self.rbuf.filled(), out) {
+                Err(e) => {
+                    x.body_error = Some(e);
+                    return BodyRead::Failed(e);
+                }
+                Ok((consumed, produced)) => {
+                    self.rbuf.consume(consumed);
+                    if produced > 0 {
+                        return BodyRead::Data(produced);
+                    }
+                    if x.decoder.is_done() {
+                        return BodyRead::End;
+                    }
+                    if consumed == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        let failed = if self.eof {
+            Some(ParseError::IncompleteBody)
+        } else if x.body_deadline.is_some_and(|d| d <= now) {
+            Some(ParseError::Timeout)
+        } else {
+            None
+        };
+        if let Some(e) = failed {
+            x.body_error = Some(e);
+            return BodyRead::Failed(e);
+        }
+        if !self.out.is_empty() {
+            return BodyRead::Flush(self.write_deadline());
+        }
+        BodyRead::Read(x.body_deadline)
+    }
+
+    /// The handler answered with `head`; `body_len` is its body's length when known. Returns
+    /// whether the body is wanted ([`Next::Body`] follows); when not (no body may be sent, or the
+    /// response was refused), drop it.
+    pub(crate) fn respond(&mut self, head: ResponseHead, body_len: Option<u64>, now: Instant) -> bool {
+        let keep_alive = self.keep_alive();
+        let Phase::Exchange(x) = &self.phase else { return false };
+        let info = RequestInfo { is_head: x.req.is_head, http10: x.req.http10 };
+        let framing = head.framing(info, body_len);
+        if let (Some(declared), Some(actual), BodyFraming::Length(_)) = (head.content_length, body_len, framing) {
+            if declared != actual {
+                self.log_request(&format!("Content-Length {declared} but a body of {actual} bytes: answered 500"));
+                self.head = head;
+                self.error_response(500, "internal server error", now);
+                return false;
+            }
+        }
+        let keep_alive = keep_alive && framing != BodyFraming::Close;
+        if framing != BodyFraming::NoBody {
+            if let Phase::Exchange(x) = &mut self.phase {
+                x.response = Response::Streaming { head: Some(head), framing, body_len, written: 0, keep_alive };
+            }
+            return true;
+        }
+        if self.out.is_empty() {
+            self.write_progress = now;
+        }
+        let config = &self.config;
+        self.out.extend_with(|buf| head.encode(buf, info, framing, body_len, keep_alive, config));
+        self.finish(head.status, 0, now);
+        self.head = head;
+        if let Phase::Exchange(x) = &mut self.phase {
+            x.response = Response::Done { keep_alive };
+        }
+        false
+    }
+
+    /// RFC 9112 §9.3: whether the connection persists after this response. The client wants it
+    /// (HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with `keep-alive`), and nothing on our
+    /// side forbids it: no stop under way, the request count not reached, the body's framing
+    /// intact, no body the client was never asked for (`100-continue` not sent) and no longer
+    /// remainder than we drain.
+    fn keep_alive(&self) -> bool {
+        let Phase::Exchange(x) = &self.phase else { return false };
+        let client_wants_it = x.req.keep_alive && !self.eof;
+        let body_never_asked_for = x.continue_pending && !x.decoder.is_done();
+        let too_long_to_drain = x.decoder.remaining_length().is_some_and(|left| left > self.config.drain_limit);
+        client_wants_it
+            && self.stopping.is_none()
+            && self.served + 1 < self.config.max_requests_per_connection
+            && x.body_error.is_none()
+            && !body_never_asked_for
+            && !too_long_to_drain
+    }
+
+    /// Frames and queues one chunk of the response body.
+    pub(crate) fn body_chunk(&mut self, chunk: Bytes, now: Instant) {
+        if chunk.is_empty() {
+            return;
+        }
+        let Phase::Exchange(Exchange { req, response, .. }) = &mut self.phase else { return };
+        let Response::Streaming { head, framing, body_len, written, keep_alive } = response else { return };
+        if self.out.is_empty() {
+            self.write_progress = now;
+        }
+        let info = RequestInfo { is_head: req.is_head, http10: req.http10 };
+        if let Some(h) = head.take() {
+            self.out.extend_with(|buf| h.encode(buf, info, *framing, *body_len, *keep_alive, &self.config));
+            self.head = h;
+        }
+        let chunk = match *framing {
+            BodyFraming::Length(n) => {
+                let room = usize::try_from(n - *written).unwrap_or(usize::MAX);
+                if chunk.len() > room {
+                    self.config.log("response body longer than its Content-Length: cut");
+                    chunk.slice(..room)
+                } else {
+                    chunk
+                }
+            }
+            _ => chunk,
+        };
+        *written += chunk.len() as u64;
+        let length_reached = matches!(*framing, BodyFraming::Length(n) if *written == n);
+        if *framing == BodyFraming::Chunked {
+            self.out.extend_with(|buf| encode::chunk_prefix(buf, chunk.len()));
+            self.out.push(chunk);
+            self.out.extend(encode::CHUNK_SUFFIX);
+        } else {
+            self.out.push(chunk);
+        }
+        if length_reached {
+            self.body_end(now);
+        }
+    }
+
+    /// The response body ended.
+    pub(crate) fn body_end(&mut self, now: Instant) {
+        let Phase::Exchange(Exchange { req, response, .. }) = &mut self.phase else { return };
+        let Response::Streaming { head, framing, written, mut keep_alive, .. } = response else { return };
+        let (status, written, framing) = (head.as_ref().map(|h| h.status), *written, *framing);
+        if let Some(h) = head.take() {
+            // Nothing came: now the length is known.
+            let framing = match framing {
+                BodyFraming::Chunked | BodyFraming::Close => BodyFraming::Length(0),
+                other => other,
+            };
+            let info = RequestInfo { is_head: req.is_head, http10: req.http10 };
+            if self.out.is_empty() {
+                self.write_progress = now;
+            }
+            self.out.extend_with(|buf| h.encode(buf, info, framing, Some(0), keep_alive, &self.config));
+            self.head = h;
+        }
+        match framing {
+            BodyFraming::Chunked => self.out.extend(encode::LAST_CHUNK),
+            BodyFraming::Length(n) if written < n => {
+                self.log_request(&format!("response body shorter than its Content-Length ({written} of {n} bytes)"));
+                keep_alive = false;
+            }
+            BodyFraming::Close => keep_alive = false,
+            _ => {}
+        }
+        let status = status.unwrap_or(self.head.status);
+        self.finish(status, written, now);
+        if let Phase::Exchange(x) = &mut self.phase {
+            x.response = Response::Done { keep_alive };
+        }
+    }
+
+    /// Pulling the response body failed (an error or a panic, described by `message`): a `500`
+    /// if nothing was sent yet, else the connection closes so the client sees the response cut.
+    pub(crate) fn body_failed(&mut self, message: &str, now: Instant) {
+        self.log_request(message);
+        let Phase::Exchange(Exchange { response: Response::Streaming { head, .. }, .. }) = &mut self.phase else {
+            return;
+        };
+        match head.take() {
+            Some(h) => {
+                self.head = h;
+                self.error_response(500, "internal server error", now);
+            }
+            None => {
+                // Part of the body is out: what is queued still goes, then the connection closes.
+                self.phase = Phase::Closing(Closing { linger: false, until: None, discarded: 0 });
+            }
+        }
+    }
+
+    /// The handler failed (returned an error or panicked, described by `message`): its error
+    /// status, or the body's when the request body broke.
+    pub(crate) fn handler_failed(&mut self, message: &str, now: Instant) {
+        self.log_request(message);
+        let error = match &self.phase {
+            Phase::Exchange(x) => x.body_error,
+            _ => None,
+        };
+        match error {
+            Some(e) => self.error_response(e.status(), e.description(), now),
+            None => self.error_response(500, "internal server error", now),
+        }
+        if let (Some(ParseError::Timeout), Phase::Closing(c)) = (error, &mut self.phase) {
+            // A client too slow to send its body is not given more time to send it.
+            c.linger = false;
+        }
+    }
+
+    /// Answers a request that could not be accepted, and closes.
+    fn reject(&mut self, error: ParseError, now: Instant) {
+        self.log(&format!("rejected request: {} {}", error.status(), error.description()));
+        // A client that timed out is not waited for: lingering would give it the time it was refused.
+        let linger = error != ParseError::Timeout;
+        self.error_response(error.status(), error.description(), now);
+        if let Phase::Closing(c) = &mut self.phase {
+            c.linger = linger;
+        }
+    }
+
+    /// Queues an error response and closes after it (lingering).
+    fn error_response(&mut self, status: u16, message: &str, now: Instant) {
+        let is_head = match &self.phase {
+            Phase::Buffering(x) | Phase::Exchange(x) => x.req.is_head,
+            // Not parsed: the method is still at the front of the buffer.
+            _ => self.rbuf.filled().starts_with(b"HEAD "),
+        };
+        if self.out.is_empty() {
+            self.write_progress = now;
+        }
+        let config = &self.config;
+        self.out.extend_with(|buf| encode::error_response(buf, status, message, is_head, config));
+        self.finish(status, 0, now);
+        self.phase = Phase::Closing(Closing { linger: true, until: None, discarded: 0 });
+    }
+
+    fn finish(&mut self, status: u16, body_bytes: u64, now: Instant) {
+        let started = match &self.phase {
+            Phase::Buffering(x) | Phase::Exchange(x) => x.started,
+            _ => self.head_started.unwrap_or(now),
+        };
+        self.finished = Some(Finished { status, body_bytes, started, ended: now });
+    }
+
+    fn next_request(&mut self, now: Instant) {
+        self.served += 1;
+        self.phase = Phase::Head;
+        self.idle_since = now;
+        self.head_started = None;
+    }
+
+    fn log(&self, message: &str) {
+        self.config.log(&format!("{}: {message}", self.peer()));
+    }
+
+    /// Logs `message` with the request line of the exchange in progress.
+    fn log_request(&self, message: &str) {
+        let get = |k: &[u8]| String::from_utf8_lossy(self.vars.get(k).unwrap_or(b"")).into_owned();
+        self.log(&format!("{} {}: {message}", get(b"REQUEST_METHOD"), get(b"RAW_URI")));
+    }
+}
+
+/// The body deadline after `n` more body bytes came at `now`: without a minimum rate, the stall
+/// timeout from now; with one, the deadline moves by the time those bytes earn at the minimum
+/// rate, never beyond the stall timeout from now (a burst buys no lasting credit).
+fn body_progress(config: &Config, deadline: Option<Instant>, n: usize, now: Instant) -> Option<Instant> {
+    let stall = now + config.body_timeout?;
+    match (config.min_body_rate, deadline) {
+        (Some(rate), Some(deadline)) if rate > 0 => {
+            let earned = Duration::from_secs_f64(n as f64 / rate as f64);
+            Some((deadline + earned).min(stall))
+        }
+        _ => Some(stall),
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,695 @@
+//! The connection state machine in memory: a fake clock, a scripted client, and the real
+//! handler interface. No socket, no thread, no sleep.
+
+use std::io::{IoSlice, Read};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::body::Body;
+use crate::environ::{BodySource, Environ, Input, RunnerFlags};
+use crate::handler::{handler_fn, BoxError, Handler, Response, StartResponse};
+
+/// A client on the other end of an in-memory connection, and the clock.
+struct Wire {
+    /// What the client sends, in order; each piece arrives in one read at the earliest.
+    pieces: Vec<Vec<u8>>,
+    next: usize,
+    /// Most bytes one read returns.
+    read_max: usize,
+    /// The client closes its sending side after its last piece.
+    half_close: bool,
+    /// Most bytes one write takes.
+    write_max: usize,
+    written: Vec<u8>,
+    writes: usize,
+    now: Instant,
+    /// The client stops reading: writes take nothing.
+    reader_stalled: bool,
+    shut_down: bool,
+}
+
+impl Wire {
+    fn new(pieces: Vec<Vec<u8>>) -> Wire {
+        Wire {
+            pieces,
+            next: 0,
+            read_max: usize::MAX,
+            half_close: true,
+            write_max: usize::MAX,
+            written: Vec::new(),
+            writes: 0,
+            now: Instant::now(),
+            reader_stalled: false,
+            shut_down: false,
+        }
+    }
+
+    /// One read: what is there, else end of stream, else the clock runs to `deadline`.
+    /// Returns false when nothing can ever happen again (no input and no deadline).
+    fn read(&mut self, session: &mut Session, deadline: Option<Instant>) -> bool {
+        if self.next < self.pieces.len() {
+            let piece = &mut self.pieces[self.next];
+            let buf = session.read_buf();
+            let n = piece.len().min(buf.len()).min(self.read_max);
+            buf[..n].copy_from_slice(&piece[..n]);
+            piece.drain(..n);
+            if piece.is_empty() {
+                self.next += 1;
+            }
+            session.received(n, self.now);
+            return true;
+        }
+        if self.half_close {
+            self.half_close = false;
+            session.received_eof();
+            return true;
+        }
+        match deadline {
+            Some(d) => {
+                self.now = self.now.max(d);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn write(&mut self, session: &mut Session, deadline: Option<Instant>) -> bool {
+        if self.reader_stalled {
+            return match deadline {
+                Some(d) => {
+                    self.now = self.now.max(d);
+                    true
+                }
+                None => false,
+            };
+        }
+        let mut slices = [IoSlice::new(&[]); 16];
+        let count = session.output(&mut slices);
+        let mut n = 0;
+        for s in &slices[..count] {
+            let take = s.len().min(self.write_max - n);
+            self.written.extend_from_slice(&s[..take]);
+            n += take;
+            if n == self.write_max {
+                break;
+            }
+        }
+        self.writes += 1;
+        session.wrote(n, self.now);
+        true
+    }
+}
+
+/// Test configuration: defaults, with the log collected instead of printed.
+fn config(log: &Arc<Mutex<Vec<String>>>) -> Config {
+    let log = Arc::clone(log);
+    Config::default().error_log(move |m: &str| log.lock().unwrap().push(m.to_owned()))
+}
+
+fn session(config: Config, buffered_body: u64, now: Instant) -> Session {
+    let info = ConnInfo {
+        server_name: "127.0.0.1".into(),
+        server_port: "8000".into(),
+        remote_addr: "127.0.0.1".into(),
+        remote_port: "50000".into(),
+    };
+    Session::new(Arc::new(config), info, buffered_body, now)
+}
+
+struct MemoryInput<'a> {
+    session: &'a mut Session,
+    wire: &'a mut Wire,
+}
+
+impl BodySource for MemoryInput<'_> {
+    fn read_body(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.session.read_body(buf, self.wire.now) {
+                BodyRead::Data(n) => return Ok(n),
+                BodyRead::End => return Ok(0),
+                BodyRead::Failed(e) => return Err(e.into()),
+                BodyRead::Flush(deadline) => {
+                    self.wire.write(self.session, deadline);
+                }
+                BodyRead::Read(deadline) => {
+                    if !self.wire.read(self.session, deadline) {
+                        return Err(std::io::ErrorKind::WouldBlock.into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a run of the machine did.
+#[derive(Debug, Default)]
+struct Run {
+    finished: Vec<Finished>,
+    shut_down: bool,
+    /// The machine was left waiting with nothing that could wake it.
+    stuck: bool,
+}
+
+/// Pumps `session` against `wire` with `handler` until it closes.
+fn pump(session: &mut Session, wire: &mut Wire, handler: &dyn Handler) -> Run {
+    let mut run = Run::default();
+    let mut body: Option<Body> = None;
+    for _ in 0..1_000_000 {
+        let now = wire.now;
+        if let Some(f) = session.take_finished() {
+            run.finished.push(f);
+        }
+        match session.poll(now) {
+            Next::Close => {
+                if let Some(f) = session.take_finished() {
+                    run.finished.push(f);
+                }
+                run.shut_down = wire.shut_down;
+                return run;
+            }
+            Next::Request(req) => {
+                let mut storage = session.take_response_head();
+                let vars = session.take_vars();
+                let config = Arc::clone(&session.config);
+                let mut source = MemoryInput { session, wire };
+                let has_body = req.framing != Framing::Empty;
+                let input = Input::new(if has_body { Some(&mut source as &mut dyn BodySource) } else { None });
+                let peer: Option<SocketAddr> = "127.0.0.1:50000".parse().ok();
+                let mut env = Environ::new(vars, input, &config, peer, RunnerFlags::default());
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    handler.call(&mut env, StartResponse::new(&mut storage))
+                }));
+                let vars = env.into_vars();
+                session.put_vars(vars);
+                let now = wire.now;
+                match result {
+                    Ok(Ok(Response { head, body: b })) => {
+                        if session.respond(head, b.len(), now) {
+                            body = Some(b);
+                        }
+                    }
+                    Ok(Err(e)) => session.handler_failed(&format!("handler error: {e}"), now),
+                    Err(_) => session.handler_failed("handler panicked", now),
+                }
+            }
+            Next::Body => {
+                let b = body.as_mut().expect("a body while the session wants one");
+                match b.next_chunk() {
+                    Ok(Some(chunk)) => {
+                        session.body_chunk(chunk, now);
+                        if b.is_done() {
+                            session.body_end(now);
+                        }
+                    }
+                    Ok(None) => session.body_end(now),
+                    Err(e) => session.body_failed(&format!("{e}"), now),
+                }
+                if !session.wants_body() {
+                    body = None;
+                }
+            }
+            Next::Write(deadline) => {
+                if !wire.write(session, deadline) {
+                    run.stuck = true;
+                    return run;
+                }
+            }
+            Next::Read { deadline, .. } => {
+                if !wire.read(session, deadline) {
+                    run.stuck = true;
+                    return run;
+                }
+            }
+            Next::ShutdownWrite => {
+                wire.shut_down = true;
+                session.shut_down(now);
+            }
+        }
+    }
+    panic!("the session never closed");
+}
+
+/// A response as the client parses it.
+#[derive(Debug, PartialEq, Eq)]
+struct Parsed {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Parsed {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses every response in `bytes`; `head_requests[i]` says whether the i-th final response
+/// answers a HEAD request. Panics on a framing error: that is what the tests look for.
+fn parse_responses(mut bytes: &[u8], head_requests: &[bool]) -> Vec<Parsed> {
+    let mut out = Vec::new();
+    let mut finals = 0;
+    while !bytes.is_empty() {
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response head") + 4;
+        let head = std::str::from_utf8(&bytes[..end]).expect("ASCII head");
+        bytes = &bytes[end..];
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next().unwrap()[9..12].parse().expect("status code");
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(": ").expect("name: value");
+                (n.to_owned(), v.to_owned())
+            })
+            .collect();
+        let mut parsed = Parsed { status, headers, body: Vec::new() };
+        if status < 200 {
+            out.push(parsed);
+            continue;
+        }
+        let is_head = head_requests.get(finals).copied().unwrap_or(false);
+        finals += 1;
+        if !is_head && status != 204 && status != 304 {
+            if let Some(len) = parsed.header("content-length") {
+                let len: usize = len.parse().expect("numeric Content-Length");
+                parsed.body = bytes[..len].to_vec();
+                bytes = &bytes[len..];
+            } else if parsed.header("transfer-encoding") == Some("chunked") {
+                loop {
+                    let line_end = bytes.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+                    let size = usize::from_str_radix(std::str::from_utf8(&bytes[..line_end]).unwrap(), 16).unwrap();
+                    bytes = &bytes[line_end + 2..];
+                    if size == 0 {
+                        assert_eq!(&bytes[..2], b"\r\n", "empty trailer");
+                        bytes = &bytes[2..];
+                        break;
+                    }
+                    parsed.body.extend_from_slice(&bytes[..size]);
+                    assert_eq!(&bytes[size..size + 2], b"\r\n", "chunk data ends in CRLF");
+                    bytes = &bytes[size + 2..];
+                }
+            } else {
+                parsed.body = bytes.to_vec();
+                bytes = &[];
+            }
+        }
+        out.push(parsed);
+    }
+    out
+}
+
+fn echo() -> impl Handler {
+    handler_fn(|env, start_response| {
+        let mut body = Vec::new();
+        env.input().read_to_end(&mut body)?;
+        Ok(start_response.start("200 OK", [("Content-Type", "application/octet-stream")])?.body(body))
+    })
+}
+
+fn hello() -> impl Handler {
+    handler_fn(|_env, start_response| Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body("hi")))
+}
+
+/// Runs `request` whole and in the given pieces, returning what was written.
+fn exchange(config: Config, pieces: Vec<Vec<u8>>, handler: &dyn Handler) -> (Wire, Run) {
+    let mut wire = Wire::new(pieces);
+    let mut s = session(config, 0, wire.now);
+    let run = pump(&mut s, &mut wire, handler);
+    (wire, run)
+}
+
+fn without_date(bytes: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(bytes);
+    text.split("\r\n").filter(|l| !l.starts_with("Date: ")).collect::<Vec<_>>().join("\r\n").into_bytes()
+}
+
+fn fixtures(kind: &str) -> Vec<(String, Vec<u8>, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/requests").join(kind);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("fixture directory") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("http") {
+            continue;
+        }
+        let sibling = if kind == "valid" { path.with_extension("json") } else { path.with_extension("status") };
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        out.push((name, std::fs::read(&path).unwrap(), std::fs::read_to_string(sibling).unwrap()));
+    }
+    out.sort();
+    assert!(out.len() > 20, "fixtures in {}", dir.display());
+    out
+}
+
+/// Cuts to try for a request: every byte for small ones, about 200 spread over larger ones.
+fn cuts(len: usize) -> Vec<usize> {
+    let step = (len / 200).max(1);
+    (1..len).step_by(step).collect()
+}
+
+#[test]
+fn every_valid_fixture_whole_and_split_at_every_byte() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let handler = echo();
+    for (name, request, expected) in fixtures("valid") {
+        let expected: serde_json::Value = serde_json::from_str(&expected).unwrap();
+        let body = expected["body_hex"].as_str().unwrap();
+        let interim = expected.get("interim").and_then(|v| v.as_array()).map_or(0, Vec::len);
+        let (whole, run) = exchange(config(&log), vec![request.clone()], &handler);
+        assert!(!run.stuck, "{name}: stuck");
+        let responses = parse_responses(&whole.written, &[]);
+        assert_eq!(responses.len(), interim + 1, "{name}: {responses:?}");
+        let last = responses.last().unwrap();
+        assert_eq!(last.status, 200, "{name}: {}", String::from_utf8_lossy(&last.body));
+        let hex: String = last.body.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, body, "{name}");
+        for at in cuts(request.len()) {
+            let (split, run) = exchange(config(&log), vec![request[..at].to_vec(), request[at..].to_vec()], &handler);
+            assert!(!run.stuck, "{name} cut at {at}: stuck");
+            assert_eq!(without_date(&split.written), without_date(&whole.written), "{name} cut at {at}");
+        }
+    }
+}
+
+#[test]
+fn every_invalid_fixture_whole_and_split_gets_its_status_and_a_close() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let handler = echo();
+    for (name, request, status) in fixtures("invalid") {
+        let status: u16 = status.trim().parse().unwrap();
+        let mut splits = vec![None];
+        splits.extend(cuts(request.len()).into_iter().map(Some));
+        for cut in splits {
+            let pieces = match cut {
+                None => vec![request.clone()],
+                Some(at) => vec![request[..at].to_vec(), request[at..].to_vec()],
+            };
+            let (wire, run) = exchange(config(&log), pieces, &handler);
+            assert!(!run.stuck, "{name} {cut:?}: stuck");
+            let responses = parse_responses(&wire.written, &[]);
+            assert_eq!(responses.len(), 1, "{name} {cut:?}: {responses:?}");
+            assert_eq!(
+                responses[0].status,
+                status,
+                "{name} {cut:?}: {:?}",
+                String::from_utf8_lossy(&responses[0].body)
+            );
+            assert_eq!(responses[0].header("connection"), Some("close"), "{name} {cut:?}");
+        }
+    }
+    let log = log.lock().unwrap();
+    assert!(log.iter().any(|l| l.starts_with("127.0.0.1:50000: rejected request: 400 ")), "{log:?}");
+}
+
+#[test]
+fn partial_writes_of_every_size_give_the_same_bytes() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let handler = handler_fn(|_env, start_response| {
+        let chunks = ["a".repeat(10), "b".repeat(20_000), "c".repeat(3)];
+        Ok(start_response.start("200 OK", [("X-A", "b")])?.body(Body::from_chunks(chunks)))
+    });
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    let (whole, _) = exchange(config(&log), vec![request.clone()], &handler);
+    let responses = parse_responses(&whole.written, &[]);
+    assert_eq!(responses.len(), 2);
+    assert_eq!(responses[1].body.len(), 20_013);
+    for write_max in [1, 2, 3, 7, 100, 4096, 16_385, 20_000] {
+        let mut wire = Wire::new(vec![request.clone()]);
+        wire.write_max = write_max;
+        let mut s = session(config(&log), 0, wire.now);
+        pump(&mut s, &mut wire, &handler);
+        assert_eq!(without_date(&wire.written), without_date(&whole.written), "writes of at most {write_max}");
+    }
+}
+
+#[test]
+fn pipelined_responses_are_gathered_into_one_write() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(16);
+    let (wire, run) = exchange(config(&log), vec![request], &hello());
+    let responses = parse_responses(&wire.written, &[]);
+    assert_eq!(responses.len(), 16);
+    assert!(responses.iter().all(|r| r.status == 200 && r.body == b"hi"));
+    assert_eq!(wire.writes, 1, "16 buffered requests, one write");
+    assert_eq!(run.finished.len(), 16);
+    assert!(run.finished.iter().all(|f| f.status == 200 && f.body_bytes == 2));
+}
+
+#[test]
+fn a_stream_writes_each_chunk_before_pulling_the_next() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let handler = handler_fn(|_env, start_response| {
+        Ok(start_response.start("200 OK", [("X-A", "b")])?.body(Body::from_chunks(["one", "two", "three"])))
+    });
+    let (wire, _) = exchange(config(&log), vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()], &handler);
+    assert_eq!(parse_responses(&wire.written, &[])[0].body, b"onetwothree");
+    assert_eq!(wire.writes, 4, "head with the first chunk, then one write per chunk, the last with the end");
+}
+
+#[test]
+fn head_and_304_keep_the_declared_length_and_send_no_body() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let handler = handler_fn(|env, start_response| {
+        let status = if env.path_info() == b"/304" { "304 Not Modified" } else { "200 OK" };
+        Ok(start_response.start(status, [("Content-Length", "5")])?.body(""))
+    });
+    let request = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET /304 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    let (wire, _) = exchange(config(&log), vec![request], &handler);
+    let responses = parse_responses(&wire.written, &[true, true]);
+    assert_eq!(responses.len(), 2, "{:?}", String::from_utf8_lossy(&wire.written));
+    assert_eq!(responses[0].header("content-length"), Some("5"));
+    assert_eq!(responses[1].status, 304);
+    assert!(responses.iter().all(|r| r.body.is_empty()));
+}
+
+#[test]
+fn a_content_length_that_contradicts_the_body_is_a_500_before_anything_is_sent() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let handler = handler_fn(|_env, start_response| {
+        Ok(start_response.start("200 OK", [("Content-Length", "10")])?.body("short"))
+    });
+    let (wire, _) = exchange(config(&log), vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()], &handler);
+    let responses = parse_responses(&wire.written, &[]);
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0].status, 500);
+    assert!(log.lock().unwrap().iter().any(|l| l.contains("Content-Length 10 but a body of 5 bytes")));
+}
+
+#[test]
+fn an_error_answer_to_head_has_no_body() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let request = b"HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec();
+    let (wire, _) = exchange(config(&log), vec![request], &hello());
+    let text = String::from_utf8_lossy(&wire.written);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "no body after the head: {text:?}");
+}
+
+#[test]
+fn header_timeout_answers_408_without_lingering() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut wire = Wire::new(vec![b"GET / HTTP/1.1\r\nHo".to_vec()]);
+    wire.half_close = false;
+    let t0 = wire.now;
+    let mut s = session(config(&log).header_timeout(Some(Duration::from_secs(3))), 0, t0);
+    let run = pump(&mut s, &mut wire, &hello());
+    let responses = parse_responses(&wire.written, &[]);
+    assert_eq!(responses[0].status, 408);
+    assert_eq!(wire.now - t0, Duration::from_secs(3));
+    assert!(!run.shut_down, "a client that timed out is not lingered on");
+}
+
+#[test]
+fn an_idle_connection_closes_at_the_keepalive_timeout_without_a_word() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut wire = Wire::new(vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()]);
+    wire.half_close = false;
+    let t0 = wire.now;
+    let mut s = session(config(&log).keepalive_timeout(Some(Duration::from_secs(7))), 0, t0);
+    pump(&mut s, &mut wire, &hello());
+    assert_eq!(parse_responses(&wire.written, &[]).len(), 1);
+    assert_eq!(wire.now - t0, Duration::from_secs(7));
+}
+
+#[test]
+fn a_stalled_body_gets_408() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut wire = Wire::new(vec![b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc".to_vec()]);
+    wire.half_close = false;
+    let t0 = wire.now;
+    let config = config(&log).body_timeout(Some(Duration::from_secs(4)));
+    let mut s = session(config, 0, t0);
+    pump(&mut s, &mut wire, &echo());
+    let responses = parse_responses(&wire.written, &[]);
+    assert_eq!(responses[0].status, 408, "{responses:?}");
+    assert_eq!(wire.now - t0, Duration::from_secs(4));
+}
+
+#[test]
+fn a_body_slower_than_the_minimum_rate_gets_408_however_big_its_first_burst() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut pieces =
+        vec![[b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n".as_slice(), &[b'x'; 100_000]].concat()];
+    pieces.extend((0..100).map(|_| b"y".to_vec()));
+    let mut wire = Wire::new(pieces);
+    wire.half_close = false;
+    let t0 = wire.now;
+    let config = config(&log).body_timeout(Some(Duration::from_secs(5))).min_body_rate(Some(500));
+    let mut s = session(config, 0, t0);
+    // A byte a second after the burst: the clock moves one second before every read.
+    let run = loop {
+        match s.poll(wire.now) {
+            Next::Request(req) => {
+                assert_eq!(req.framing, Framing::Length(1_000_000));
+                let mut buf = vec![0; 200_000];
+                let failed = loop {
+                    match s.read_body(&mut buf, wire.now) {
+                        BodyRead::Data(_) => {}
+                        BodyRead::Read(deadline) => {
+                            if wire.next >= 1 {
+                                wire.now += Duration::from_secs(1);
+                            }
+                            if deadline.is_some_and(|d| d <= wire.now) {
+                                continue;
+                            }
+                            wire.read(&mut s, deadline);
+                        }
+                        BodyRead::Failed(e) => break e,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                };
+                assert_eq!(failed, ParseError::Timeout);
+                s.handler_failed("body timed out", wire.now);
+            }
+            Next::Write(d) => {
+                wire.write(&mut s, d);
+            }
+            Next::Close => break wire.now - t0,
+            Next::ShutdownWrite => s.shut_down(wire.now),
+            Next::Read { deadline, .. } => {
+                if !wire.read(&mut s, deadline) {
+                    break wire.now - t0;
+                }
+            }
+            Next::Body => panic!("no body expected"),
+        }
+    };
+    assert_eq!(parse_responses(&wire.written, &[])[0].status, 408);
+    // 100 kB buys at most the 5 s cap; a byte a second earns 2 ms each: about 5 s, not 200 s.
+    assert!(run < Duration::from_secs(12), "the slow body was held for {run:?}");
+}
+
+#[test]
+fn a_reader_that_stops_reading_is_dropped_at_the_write_timeout() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut wire = Wire::new(vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()]);
+    wire.reader_stalled = true;
+    let t0 = wire.now;
+    let mut s = session(config(&log).write_timeout(Some(Duration::from_secs(9))), 0, t0);
+    let run = pump(&mut s, &mut wire, &hello());
+    assert!(!run.stuck);
+    assert_eq!(wire.now - t0, Duration::from_secs(9));
+    assert!(log.lock().unwrap().iter().any(|l| l.contains("write stalled")));
+}
+
+#[test]
+fn an_unread_body_too_long_to_drain_closes_after_a_linger() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let request = [b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".as_slice(), &[b'x'; 1000]].concat();
+    let mut wire = Wire::new(vec![request]);
+    wire.half_close = false;
+    let t0 = wire.now;
+    let mut s = session(config(&log), 0, t0);
+    let run = pump(&mut s, &mut wire, &hello());
+    let responses = parse_responses(&wire.written, &[]);
+    assert_eq!(responses[0].header("connection"), Some("close"));
+    assert!(run.shut_down, "the sending side is shut down, then input is read for a while");
+    assert_eq!(wire.now - t0, LINGER_TIME);
+}
+
+#[test]
+fn a_small_unread_body_is_drained_and_the_connection_kept() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let request = [
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".as_slice(),
+        &[b'x'; 1000],
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ]
+    .concat();
+    let (wire, _) = exchange(config(&log), vec![request], &hello());
+    let responses = parse_responses(&wire.written, &[]);
+    assert_eq!(responses.len(), 2);
+    assert_eq!(responses[0].header("connection"), None);
+}
+
+#[test]
+fn a_small_body_is_buffered_before_the_request_is_handed_out() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut wire = Wire::new(vec![
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nab".to_vec(),
+        b"cd".to_vec(),
+        b"ef".to_vec(),
+    ]);
+    let mut s = session(config(&log), 64 * 1024, wire.now);
+    let mut reads = 0;
+    loop {
+        match s.poll(wire.now) {
+            Next::Read { deadline, .. } => {
+                reads += 1;
+                wire.read(&mut s, deadline);
+            }
+            Next::Request(_) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(reads, 3, "the request is handed out only once its body is all there");
+    let mut buf = [0; 16];
+    assert_eq!(s.read_body(&mut buf, wire.now), BodyRead::Data(6));
+}
+
+#[test]
+fn a_graceful_stop_answers_a_request_on_its_way_with_close_then_closes_idle_ones() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut s = session(config(&log), 0, Instant::now());
+    let mut wire = Wire::new(vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()]);
+    wire.half_close = false;
+    s.begin_stop(wire.now);
+    let t0 = wire.now;
+    let run = pump(&mut s, &mut wire, &hello());
+    let responses = parse_responses(&wire.written, &[]);
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0].status, 200);
+    assert_eq!(responses[0].header("connection"), Some("close"));
+    assert!(wire.now - t0 <= STOP_GRACE);
+    assert!(!run.stuck);
+
+    // Idle in keep-alive when the stop begins: the grace, then a quiet close.
+    let mut s = session(config(&log), 0, Instant::now());
+    let mut wire = Wire::new(vec![]);
+    wire.half_close = false;
+    let t0 = wire.now;
+    assert!(matches!(s.poll(t0), Next::Read { idle: true, .. }));
+    s.begin_stop(t0);
+    pump(&mut s, &mut wire, &hello());
+    assert!(wire.written.is_empty());
+    assert_eq!(wire.now - t0, STOP_GRACE);
+}
+
+#[test]
+fn a_panicking_handler_gets_500_and_the_log_names_the_request() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let handler = handler_fn(|_env, _sr| -> Result<Response, BoxError> { panic!("boom") });
+    let (wire, _) = exchange(config(&log), vec![b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()], &handler);
+    assert_eq!(parse_responses(&wire.written, &[])[0].status, 500);
+    assert!(log.lock().unwrap().iter().any(|l| l == "127.0.0.1:50000: GET /p: handler panicked"), "{:?}", log);
+}
+
+#[test]
+fn max_requests_per_connection_closes_after_the_last() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3);
+    let (wire, _) = exchange(config(&log).max_requests_per_connection(2), vec![request], &hello());
+    let responses = parse_responses(&wire.written, &[]);
+    assert_eq!(responses.len(), 2, "the third pipelined request is never answered");
+    assert_eq!(responses[1].header("connection"), Some("close"));
+}
