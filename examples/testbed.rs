@@ -12,12 +12,14 @@
 //! - `/error`: the handler returns an error (a `500`);
 //! - `/stream?n=N&ms=M`: N lines `line i\n` (i = 1..=N), one every M ms (defaults: 10 and 100);
 //! - `/slow?ms=M`: sleeps M ms (default 1000), then `done`;
+//! - `/big?mb=N`: N MiB of `x` (default 30), with a `Content-Length`;
 //! - `/flags`: `multithread=X multiprocess=Y run_once=Z`, the runner's `wsgi.*` flags;
 //! - anything else: `404`.
 //!
 //! Configuration from the environment, every variable optional (the library's defaults
 //! otherwise): `SGI_HEADER_TIMEOUT_MS`, `SGI_KEEPALIVE_TIMEOUT_MS`, `SGI_BODY_TIMEOUT_MS`,
-//! `SGI_MAX_BODY` (bytes) and `SGI_GRACEFUL_TIMEOUT_MS`.
+//! `SGI_WRITE_TIMEOUT_MS`, `SGI_MAX_BODY` (bytes), `SGI_MIN_BODY_RATE` (bytes a second) and
+//! `SGI_GRACEFUL_TIMEOUT_MS`.
 
 mod common;
 
@@ -57,6 +59,12 @@ fn config_from_env() -> Config {
     }
     if let Some(t) = env_millis("SGI_BODY_TIMEOUT_MS") {
         config = config.body_timeout(Some(t));
+    }
+    if let Some(t) = env_millis("SGI_WRITE_TIMEOUT_MS") {
+        config = config.write_timeout(Some(t));
+    }
+    if let Some(rate) = env_number("SGI_MIN_BODY_RATE") {
+        config = config.min_body_rate(Some(rate));
     }
     if let Some(bytes) = env_number("SGI_MAX_BODY") {
         config = config.max_body(Some(bytes));
@@ -110,6 +118,11 @@ impl Handler for Testbed {
             b"/slow" => {
                 std::thread::sleep(Duration::from_millis(query_number(env.query_string(), "ms", 1000)));
                 Ok(start_response.start("200 OK", text)?.body("done"))
+            }
+            b"/big" => {
+                let len = query_number(env.query_string(), "mb", 30) << 20;
+                let body = Body::from_reader(std::io::repeat(b'x').take(len), Some(len));
+                Ok(start_response.start("200 OK", [("Content-Type", "application/octet-stream")])?.body(body))
             }
             b"/flags" => {
                 let flags = env.flags();

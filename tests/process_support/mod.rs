@@ -23,7 +23,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The examples the tests start.
-const EXAMPLES: &[&str] = &["hello", "dump", "stream"];
+const EXAMPLES: &[&str] = &["hello", "dump", "stream", "testbed"];
 
 /// The path of an example binary, built (debug profile) on first use by
 /// `cargo build --example ...`, whose JSON messages tell exactly where each executable is
@@ -114,10 +114,16 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `example` with `args` on a free TCP port of 127.0.0.1 and waits until it accepts.
     pub fn start(example_name: &str, args: &[&str]) -> ServerProcess {
+        ServerProcess::start_with(example_name, args, &[], &[])
+    }
+
+    /// [`ServerProcess::start`] with environment variables, and run under `prefix` (a command
+    /// such as `prlimit --nofile=64:64 --`) when it is not empty.
+    pub fn start_with(example_name: &str, args: &[&str], env: &[(&str, &str)], prefix: &[&str]) -> ServerProcess {
         let mut last = String::new();
         for _ in 0..3 {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let mut server = ServerProcess::spawn(example_name, args, Bind::Tcp(addr));
+            let mut server = ServerProcess::spawn(example_name, args, env, prefix, Bind::Tcp(addr));
             match server.wait_ready() {
                 Ok(()) => return server,
                 Err(why) => last = why, // most likely the port was taken meanwhile: try another
@@ -128,19 +134,29 @@ impl ServerProcess {
 
     /// Starts `example` with `args` on the Unix socket `path` and waits until it accepts.
     pub fn start_unix(example_name: &str, path: &Path, args: &[&str]) -> ServerProcess {
-        let mut server = ServerProcess::spawn(example_name, args, Bind::Unix(path.to_owned()));
+        let mut server = ServerProcess::spawn(example_name, args, &[], &[], Bind::Unix(path.to_owned()));
         if let Err(why) = server.wait_ready() {
             panic!("{example_name} {args:?} on {} never became ready: {why}", path.display());
         }
         server
     }
 
-    fn spawn(example_name: &str, args: &[&str], bind: Bind) -> ServerProcess {
+    fn spawn(example_name: &str, args: &[&str], env: &[(&str, &str)], prefix: &[&str], bind: Bind) -> ServerProcess {
         let bind_arg = match &bind {
             Bind::Tcp(addr) => addr.to_string(),
             Bind::Unix(path) => format!("unix:{}", path.display()),
         };
-        let mut child = Command::new(example(example_name))
+        // `prlimit` (and the like) exec the server in place: the pid stays the server's.
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(example(example_name));
+                c
+            }
+            None => Command::new(example(example_name)),
+        };
+        let mut child = command
+            .envs(env.iter().copied())
             .arg("--bind")
             .arg(&bind_arg)
             .args(args)
