@@ -5,7 +5,8 @@
 #   bash benches/wrk.sh [--runners "serial threads pool fork"]
 #
 # Each server runs alone, pinned to CPU 0 (`taskset -c 0`), on 127.0.0.1; wrk runs pinned to
-# CPU 1. Per server: a keep-alive run and a `Connection: close` run of fixed duration, the
+# CPU 1. Per server: a keep-alive run, a pipelined run and a `Connection: close` run of fixed
+# duration, the
 # requests/s wrk reports, and the server's CPU time per request (utime+stime from /proc/PID/stat
 # of the server and its descendants, before and after the run, over the request count). Prints a
 # Markdown table with ratios against tiny_http and hyper from the same run.
@@ -22,6 +23,9 @@
 #                      (for threads and fork it bounds the connections served at once: with
 #                      WORKERS < CONNECTIONS the other keep-alive clients wait in the backlog
 #                      and wrk reports timeouts; set WORKERS=$CONNECTIONS to compare them unbounded)
+#   PIPELINE [16]      requests per write in the pipelined run (a wrk Lua script); 0 to skip it
+#   BASELINE []        path to another build of the hello example (say, the previous commit's),
+#                      measured with its pool runner as "baseline pool", for before/after ratios
 #   PORT [18080]       first port; each server gets the next one
 #   SERVER_CPU [0]     CPU the server is pinned to
 #   CLIENT_CPU [1]     CPU wrk is pinned to
@@ -39,6 +43,8 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-4}
 PORT=${PORT:-18080}
+PIPELINE=${PIPELINE:-16}
+BASELINE=${BASELINE:-}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 runners=""
@@ -179,8 +185,21 @@ run_wrk() {
 
 # --- measurements ------------------------------------------------------------------------------
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/sgi-wrk.XXXXXX")
-declare -A rps_ka rps_close cpu_ka cpu_close p99_ka p99_close errors
+declare -A rps_ka rps_close rps_pipe cpu_ka cpu_close cpu_pipe p99_ka p99_close errors
 servers=()
+variants="keepalive close"
+if ((PIPELINE > 0)); then
+    variants="keepalive pipelined close"
+    # wrk sends PIPELINE requests in one write and counts each response.
+    cat >"$workdir/pipeline.lua" <<LUA
+init = function(args)
+    local r = {}
+    for i = 1, $PIPELINE do r[i] = wrk.format(nil, "/") end
+    req = table.concat(r)
+end
+request = function() return req end
+LUA
+fi
 
 # measure NAME CMD... (the server's --bind argument is appended)
 measure() {
@@ -199,9 +218,10 @@ measure() {
         run_wrk "$port" "$workdir/$name.warmup.txt" "$WARMUP"
     fi
     errors[$name]=""
-    for variant in keepalive close; do
+    for variant in $variants; do
         local args=() out="$workdir/$name.$variant.txt"
         [[ $variant == close ]] && args=(-H "Connection: close")
+        [[ $variant == pipelined ]] && args=(-s "$workdir/pipeline.lua")
         before=$(cpu_ticks "$server_pid")
         run_wrk "$port" "$out" "$DURATION" "${args[@]}"
         after=$(cpu_ticks "$server_pid")
@@ -218,6 +238,8 @@ measure() {
         [[ -n $bad ]] && errors[$name]+="$variant: $bad. "
         if [[ $variant == keepalive ]]; then
             rps_ka[$name]=$rps cpu_ka[$name]=$cpu p99_ka[$name]=$p99
+        elif [[ $variant == pipelined ]]; then
+            rps_pipe[$name]=$rps cpu_pipe[$name]=$cpu
         else
             rps_close[$name]=$rps cpu_close[$name]=$cpu p99_close[$name]=$p99
         fi
@@ -229,6 +251,9 @@ measure() {
 for runner in $runners; do
     measure "sgi $runner" "$hello" --runner "$runner" --workers "$WORKERS"
 done
+if [[ -n $BASELINE ]]; then
+    measure "baseline pool" "$BASELINE" --runner pool --workers "$WORKERS"
+fi
 measure tiny_http "$peers/tiny_http_hello" --workers "$WORKERS"
 measure hyper "$peers/hyper_hello" --workers 1
 
@@ -239,12 +264,13 @@ echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP); server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU;" \
     "sgi runners and tiny_http with $WORKERS workers, hyper current_thread; $(nproc) CPUs, $(uname -r)"
 echo
-echo "| server | keep-alive req/s | close req/s | CPU µs/req (keep-alive) | CPU µs/req (close) | p99 keep-alive | p99 close | keep-alive vs tiny_http | keep-alive vs hyper | close vs tiny_http | close vs hyper |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| server | keep-alive req/s | pipelined ($PIPELINE) req/s | close req/s | CPU µs/req (keep-alive) | CPU µs/req (pipelined) | CPU µs/req (close) | p99 keep-alive | p99 close | keep-alive vs hyper | pipelined vs hyper | close vs hyper | keep-alive vs tiny_http | close vs tiny_http |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for name in "${servers[@]}"; do
-    echo "| $name | ${rps_ka[$name]} | ${rps_close[$name]} | ${cpu_ka[$name]} | ${cpu_close[$name]} | ${p99_ka[$name]} | ${p99_close[$name]}" \
-        "| $(ratio "${rps_ka[$name]}" "${rps_ka[tiny_http]:-}") | $(ratio "${rps_ka[$name]}" "${rps_ka[hyper]:-}")" \
-        "| $(ratio "${rps_close[$name]}" "${rps_close[tiny_http]:-}") | $(ratio "${rps_close[$name]}" "${rps_close[hyper]:-}") |"
+    echo "| $name | ${rps_ka[$name]} | ${rps_pipe[$name]:-} | ${rps_close[$name]} | ${cpu_ka[$name]} | ${cpu_pipe[$name]:-} | ${cpu_close[$name]}" \
+        "| ${p99_ka[$name]} | ${p99_close[$name]} | $(ratio "${rps_ka[$name]}" "${rps_ka[hyper]:-}")" \
+        "| $(ratio "${rps_pipe[$name]:-}" "${rps_pipe[hyper]:-}") | $(ratio "${rps_close[$name]}" "${rps_close[hyper]:-}")" \
+        "| $(ratio "${rps_ka[$name]}" "${rps_ka[tiny_http]:-}") | $(ratio "${rps_close[$name]}" "${rps_close[tiny_http]:-}") |"
 done
 notes=0
 for name in "${servers[@]}"; do

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::environ::{BodySource, Environ, Input, RunnerFlags};
 use crate::handler::{Handler, Response, StartResponse};
 use crate::http::parse::{ConnInfo, Framing, RequestHead};
-use crate::http::session::{BodyRead, Next, Session};
+use crate::http::session::{BodyRead, BufferPool, Next, Session};
 use crate::net::{Interest, Transport};
 use crate::shutdown::ShutdownHandle;
 use crate::sys::unix::Waited;
@@ -93,6 +93,16 @@ impl<S: Transport> Conn<S> {
         self.session.next_deadline()
     }
 
+    /// Lends the session's buffers to `pool` while it is idle.
+    pub(crate) fn release_buffers(&mut self, pool: &BufferPool) {
+        self.session.release_buffers(pool);
+    }
+
+    /// Takes buffers back from `pool` before driving a session that lent its own.
+    pub(crate) fn reclaim_buffers(&mut self, pool: &BufferPool) {
+        self.session.reclaim_buffers(pool);
+    }
+
     /// A graceful stop began: see [`Session::begin_stop`].
     pub(crate) fn begin_stop(&mut self) {
         self.session.begin_stop(Instant::now());
@@ -106,19 +116,30 @@ impl<S: Transport> Conn<S> {
                 self.exchange(req);
             }
         }
+        let mut now = Instant::now();
         loop {
-            let now = Instant::now();
+            // Reads and writes do not block here, so the clock is read again only after what
+            // may take time: the handler, a body pull, a blocking wait.
+            if mode == Mode::Blocking {
+                now = Instant::now();
+            }
             match self.session.poll(now) {
                 Next::Close => return Step::Closed,
                 Next::Request(req) if mode == Mode::Poller => {
                     self.ready = Some(req);
                     return Step::Work;
                 }
-                Next::Request(req) => self.exchange(req),
+                Next::Request(req) => {
+                    self.exchange(req);
+                    now = Instant::now();
+                }
                 Next::Body | Next::Write(_) if mode == Mode::Poller => return Step::Work,
-                Next::Body => self.pull_body(),
+                Next::Body => {
+                    self.pull_body(now);
+                    now = Instant::now();
+                }
                 Next::Write(deadline) => {
-                    if let Some(step) = self.write(mode, deadline) {
+                    if let Some(step) = self.write(mode, deadline, now) {
                         return step;
                     }
                 }
@@ -127,7 +148,7 @@ impl<S: Transport> Conn<S> {
                     self.session.shut_down(now);
                 }
                 Next::Read { deadline, idle } => {
-                    if let Some(step) = self.read(mode, deadline, idle) {
+                    if let Some(step) = self.read(mode, deadline, idle, now) {
                         return step;
                     }
                 }
@@ -136,7 +157,7 @@ impl<S: Transport> Conn<S> {
     }
 
     /// One read into the session; `Some` when the connection parks instead.
-    fn read(&mut self, mode: Mode, deadline: Option<Instant>, idle: bool) -> Option<Step> {
+    fn read(&mut self, mode: Mode, deadline: Option<Instant>, idle: bool, mut now: Instant) -> Option<Step> {
         let Conn { stream, session, ctx, .. } = self;
         if mode == Mode::Blocking && idle {
             // Nothing is expected yet: wait before reading, and let a stop end the wait.
@@ -144,8 +165,9 @@ impl<S: Transport> Conn<S> {
             if wait(stream, session, Interest::Readable, wake, deadline, &ctx.shutdown) != Waited::Ready {
                 return None;
             }
+            now = Instant::now();
         }
-        match read_once(stream, session) {
+        match read_once(stream, session, now) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => match mode {
                 Mode::Blocking => {
                     wait(stream, session, Interest::Readable, None, deadline, &ctx.shutdown);
@@ -158,9 +180,9 @@ impl<S: Transport> Conn<S> {
     }
 
     /// One write of the session's output; `Some` when the connection parks instead.
-    fn write(&mut self, mode: Mode, deadline: Option<Instant>) -> Option<Step> {
+    fn write(&mut self, mode: Mode, deadline: Option<Instant>, now: Instant) -> Option<Step> {
         let Conn { stream, session, ctx, .. } = self;
-        match write_once(stream, session) {
+        match write_once(stream, session, now) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => match mode {
                 Mode::Blocking => {
                     wait(stream, session, Interest::Writable, None, deadline, &ctx.shutdown);
@@ -172,8 +194,9 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// Runs the handler for one request and gives its response to the session.
-    fn exchange(&mut self, req: RequestHead) {
+    /// Runs the handler for one request and gives its response to the session; returns the
+    /// time it was done.
+    fn exchange(&mut self, req: RequestHead) -> Instant {
         let ctx = Arc::clone(&self.ctx);
         let mut head_storage = self.session.take_response_head();
         let vars = self.session.take_vars();
@@ -205,11 +228,11 @@ impl<S: Transport> Conn<S> {
                 self.session.handler_failed(&format!("handler panicked: {}", panic_message(&*panic)), now);
             }
         }
+        now
     }
 
     /// Pulls one chunk of the response body into the session, catching errors and panics.
-    fn pull_body(&mut self) {
-        let now = Instant::now();
+    fn pull_body(&mut self, now: Instant) {
         let Some(body) = &mut self.body else { return self.session.body_end(now) };
         match catch_unwind(AssertUnwindSafe(|| body.next_chunk())) {
             Ok(Ok(Some(chunk))) => {
@@ -231,10 +254,10 @@ impl<S: Transport> Conn<S> {
 
 /// Reads once into the session. `WouldBlock` is returned; every other outcome is recorded in
 /// the session (a failed read means the client is gone).
-fn read_once(stream: &mut impl Transport, session: &mut Session) -> io::Result<()> {
+fn read_once(stream: &mut impl Transport, session: &mut Session, now: Instant) -> io::Result<()> {
     match stream.read(session.read_buf()) {
         Ok(0) => session.received_eof(),
-        Ok(n) => session.received(n, Instant::now()),
+        Ok(n) => session.received(n, now),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
         Err(_) => session.write_failed(),
@@ -244,13 +267,13 @@ fn read_once(stream: &mut impl Transport, session: &mut Session) -> io::Result<(
 
 /// Writes once from the session's output. `WouldBlock` is returned; every other outcome is
 /// recorded in the session.
-fn write_once(stream: &mut impl Transport, session: &mut Session) -> io::Result<()> {
+fn write_once(stream: &mut impl Transport, session: &mut Session, now: Instant) -> io::Result<()> {
     let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
     let n = session.output(&mut slices);
     let result = stream.write_vectored(&slices[..n]);
     match result {
         Ok(0) => session.write_failed(),
-        Ok(n) => session.wrote(n, Instant::now()),
+        Ok(n) => session.wrote(n, now),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
         Err(_) => session.write_failed(),
@@ -297,7 +320,7 @@ impl<S: Transport> BodySource for HandlerInput<'_, S> {
                 BodyRead::Data(n) => return Ok(n),
                 BodyRead::End => return Ok(0),
                 BodyRead::Failed(e) => return Err(e.into()),
-                BodyRead::Flush(deadline) => match write_once(self.stream, self.session) {
+                BodyRead::Flush(deadline) => match write_once(self.stream, self.session, Instant::now()) {
                     Err(_) => {
                         let waited = self.stream.wait(Interest::Writable, None, deadline);
                         if !matches!(waited, Ok(Waited::Ready)) {
@@ -309,7 +332,7 @@ impl<S: Transport> BodySource for HandlerInput<'_, S> {
                     Ok(()) => {}
                 },
                 BodyRead::Read(deadline) => {
-                    if read_once(self.stream, self.session).is_err() {
+                    if read_once(self.stream, self.session, Instant::now()).is_err() {
                         // Timing out is the session's to notice on the next read.
                         let _ = self.stream.wait(Interest::Readable, None, deadline);
                     }

@@ -98,10 +98,12 @@ struct ReadBuf {
 }
 
 impl ReadBuf {
+    #[inline]
     fn filled(&self) -> &[u8] {
         &self.data[self.start..self.end]
     }
 
+    #[inline]
     fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.end {
@@ -116,6 +118,7 @@ impl ReadBuf {
     }
 
     /// Room for at least `min` more bytes, moving unconsumed bytes to the front first.
+    #[inline]
     fn spare(&mut self, min: usize) -> &mut [u8] {
         if self.start > 0 {
             self.data.copy_within(self.start..self.end, 0);
@@ -143,16 +146,19 @@ struct Output {
 }
 
 impl Output {
+    #[inline]
     fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    #[inline]
     fn extend(&mut self, bytes: &[u8]) {
         self.tail.extend_from_slice(bytes);
         self.len += bytes.len();
     }
 
     /// Appends with a closure writing into the tail.
+    #[inline]
     fn extend_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         let before = self.tail.len();
         write(&mut self.tail);
@@ -178,6 +184,7 @@ impl Output {
         self.segments.push_back(chunk);
     }
 
+    #[inline]
     fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
         let mut skip = self.written;
@@ -195,6 +202,7 @@ impl Output {
         n
     }
 
+    #[inline]
     fn advance(&mut self, mut n: usize) {
         n = n.min(self.len);
         self.len -= n;
@@ -228,6 +236,41 @@ impl Output {
         self.tail.clear();
         self.written = 0;
         self.len = 0;
+    }
+}
+
+/// The allocations a session reuses from request to request, handed to a pool while the
+/// connection sits idle so that ten thousand idle connections do not hold ten thousand sets.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    read: Vec<u8>,
+    write: Vec<u8>,
+    vars: Vars,
+    head: ResponseHead,
+}
+
+/// Idle sessions' buffers, for the next session that has bytes to read: bounded, so that a burst
+/// of connections leaves no lasting memory behind.
+pub(crate) struct BufferPool {
+    spare: std::sync::Mutex<Vec<Buffers>>,
+    keep: usize,
+}
+
+impl BufferPool {
+    /// A pool that keeps at most `keep` sets.
+    pub(crate) fn new(keep: usize) -> BufferPool {
+        BufferPool { spare: std::sync::Mutex::new(Vec::new()), keep }
+    }
+
+    fn take(&self) -> Buffers {
+        self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default()
+    }
+
+    fn give(&self, buffers: Buffers) {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < self.keep {
+            spare.push(buffers);
+        }
     }
 }
 
@@ -332,11 +375,13 @@ impl Session {
     }
 
     /// Room to read into; report what was read with [`Session::received`].
+    #[inline]
     pub(crate) fn read_buf(&mut self) -> &mut [u8] {
         self.rbuf.spare(MIN_READ)
     }
 
     /// `n` bytes were read into [`Session::read_buf`] at `now`.
+    #[inline]
     pub(crate) fn received(&mut self, n: usize, now: Instant) {
         self.rbuf.end += n;
         match &mut self.phase {
@@ -355,6 +400,7 @@ impl Session {
     }
 
     /// The client closed its sending side (a read returned 0).
+    #[inline]
     pub(crate) fn received_eof(&mut self) {
         self.eof = true;
     }
@@ -373,11 +419,13 @@ impl Session {
     }
 
     /// The bytes to write next, as up to `slices.len()` slices; returns how many were filled.
+    #[inline]
     pub(crate) fn output<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
         self.out.slices(slices)
     }
 
     /// `n` bytes of [`Session::output`] were written at `now`.
+    #[inline]
     pub(crate) fn wrote(&mut self, n: usize, now: Instant) {
         self.out.advance(n);
         if n > 0 {
@@ -391,36 +439,81 @@ impl Session {
         self.stopping.get_or_insert(now);
     }
 
+    #[inline]
     pub(crate) fn is_stopping(&self) -> bool {
         self.stopping.is_some()
     }
 
     /// The variables of the request just handed out, for its environ.
+    #[inline]
     pub(crate) fn take_vars(&mut self) -> Vars {
         std::mem::take(&mut self.vars)
     }
 
     /// Gives the variable storage back for the next request.
+    #[inline]
     pub(crate) fn put_vars(&mut self, vars: Vars) {
         self.vars = vars;
     }
 
     /// Storage for the response head, lent to the handler's `StartResponse`.
+    #[inline]
     pub(crate) fn take_response_head(&mut self) -> ResponseHead {
         std::mem::take(&mut self.head)
     }
 
+    /// Whether the session sits between requests with nothing buffered either way, holding
+    /// buffers it does not need.
+    #[inline]
+    fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Head)
+            && self.rbuf.filled().is_empty()
+            && self.out.is_empty()
+            && self.rbuf.data.capacity() > 0
+    }
+
+    /// Hands the buffers to `pool` while the session is idle (a parked keep-alive connection).
+    pub(crate) fn release_buffers(&mut self, pool: &BufferPool) {
+        if !self.is_idle() {
+            return;
+        }
+        self.rbuf.clear();
+        self.out.clear();
+        pool.give(Buffers {
+            read: std::mem::take(&mut self.rbuf.data),
+            write: std::mem::take(&mut self.out.tail),
+            vars: std::mem::take(&mut self.vars),
+            head: std::mem::take(&mut self.head),
+        });
+    }
+
+    /// Takes buffers from `pool` if the session gave its own away.
+    #[inline]
+    pub(crate) fn reclaim_buffers(&mut self, pool: &BufferPool) {
+        if self.rbuf.data.capacity() > 0 || !matches!(self.phase, Phase::Head) {
+            return;
+        }
+        let b = pool.take();
+        self.rbuf.data = b.read;
+        self.out.tail = b.write;
+        self.vars = b.vars;
+        self.head = b.head;
+    }
+
     /// Gives back response-head storage the handler did not use.
+    #[inline]
     pub(crate) fn put_response_head(&mut self, head: ResponseHead) {
         self.head = head;
     }
 
     /// Whether the response body is wanted ([`Next::Body`] may follow); once not, drop it.
+    #[inline]
     pub(crate) fn wants_body(&self) -> bool {
         matches!(&self.phase, Phase::Exchange(Exchange { response: Response::Streaming { .. }, .. }))
     }
 
     /// Whether the connection is still usable (not closed after a failure).
+    #[inline]
     pub(crate) fn is_open(&self) -> bool {
         !matches!(self.phase, Phase::Closed)
     }
@@ -441,6 +534,7 @@ impl Session {
     }
 
     /// When the session next needs attention if nothing happens on the socket.
+    #[inline]
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         if !self.out.is_empty() {
             return self.write_deadline();
@@ -457,10 +551,12 @@ impl Session {
         }
     }
 
+    #[inline]
     fn write_deadline(&self) -> Option<Instant> {
         Some(self.write_progress + self.config.write_timeout?)
     }
 
+    #[inline]
     fn head_deadline(&self) -> Option<Instant> {
         if let Some(t0) = self.head_started {
             return Some(t0 + self.config.header_timeout?);
@@ -501,94 +597,109 @@ impl Session {
     /// What the session needs next, at `now`. Call it after every event.
     pub(crate) fn poll(&mut self, now: Instant) -> Next {
         loop {
-            if self.next_deadline().is_some_and(|d| d <= now) {
+            let next = match self.step(now) {
+                None => continue,
+                // `step` leaves the write deadline to here, where `self` is free to borrow.
+                Some(Next::Write(_)) => Next::Write(self.write_deadline()),
+                Some(next) => next,
+            };
+            let deadline = match next {
+                Next::Write(d) | Next::Read { deadline: d, .. } => d,
+                _ => None,
+            };
+            // A wait whose deadline has passed is not a wait: act on it and look again.
+            if deadline.is_some_and(|d| d <= now) {
                 self.expire(now);
+                continue;
             }
-            let write = Next::Write(self.write_deadline());
-            match &mut self.phase {
-                Phase::Closed => return Next::Close,
-                Phase::Closing(c) => {
-                    if !self.out.is_empty() {
-                        return write;
-                    }
-                    if !c.linger {
-                        self.phase = Phase::Closed;
-                        continue;
-                    }
-                    let Some(until) = c.until else { return Next::ShutdownWrite };
-                    if self.eof || c.discarded >= LINGER_BYTES || until <= now {
-                        self.phase = Phase::Closed;
-                        continue;
-                    }
-                    return Next::Read { deadline: Some(until), idle: false };
+            return next;
+        }
+    }
+
+    /// One move of [`Session::poll`]: what is needed next, or `None` when the phase changed and
+    /// the question must be asked again.
+    fn step(&mut self, now: Instant) -> Option<Next> {
+        let write = Some(Next::Write(None));
+        match &mut self.phase {
+            Phase::Closed => return Some(Next::Close),
+            Phase::Closing(c) => {
+                if !self.out.is_empty() {
+                    return write;
                 }
-                Phase::Exchange(x) => match x.response {
-                    // The handler runs: a driver has nothing to ask until it answers.
-                    Response::Pending => return if self.out.is_empty() { Next::Close } else { write },
-                    Response::Streaming { ref head, .. } => {
-                        // A chunk is written before the next is pulled, so a stream paces itself;
-                        // until this response has one, earlier responses may wait to go with it.
-                        if head.is_none() && !self.out.is_empty() {
-                            return write;
-                        }
-                        return Next::Body;
-                    }
-                    Response::Done { keep_alive } => {
-                        if keep_alive && !x.decoder.is_done() && x.body_error.is_none() {
-                            match self.drain() {
-                                Some(next) => return next,
-                                None => continue,
-                            }
-                        }
-                        let keep_alive = keep_alive && x.body_error.is_none() && x.decoder.is_done();
-                        if keep_alive {
-                            self.next_request(now);
-                        } else {
-                            let linger = !x.decoder.is_done() || !self.rbuf.filled().is_empty();
-                            self.phase = Phase::Closing(Closing { linger, until: None, discarded: 0 });
-                        }
-                    }
-                },
-                Phase::Buffering(x) => {
-                    let Framing::Length(n) = x.req.framing else { unreachable!("only length bodies are buffered") };
-                    if self.rbuf.filled().len() as u64 >= n {
-                        let Phase::Buffering(x) = std::mem::replace(&mut self.phase, Phase::Head) else {
-                            unreachable!()
-                        };
-                        let req = x.req;
-                        self.phase = Phase::Exchange(x);
-                        return Next::Request(req);
-                    }
-                    if self.eof {
-                        self.reject(ParseError::IncompleteBody, now);
-                        continue;
-                    }
-                    if !self.out.is_empty() {
-                        return write;
-                    }
-                    return Next::Read { deadline: x.body_deadline, idle: false };
+                if !c.linger {
+                    self.phase = Phase::Closed;
+                    return None;
                 }
-                Phase::Head => {
-                    if self.out.len >= OUTPUT_HIGH_WATER {
+                let Some(until) = c.until else { return Some(Next::ShutdownWrite) };
+                if self.eof || c.discarded >= LINGER_BYTES || until <= now {
+                    self.phase = Phase::Closed;
+                    return None;
+                }
+                return Some(Next::Read { deadline: Some(until), idle: false });
+            }
+            Phase::Exchange(x) => match x.response {
+                // The handler runs: a driver has nothing to ask until it answers.
+                Response::Pending => return if self.out.is_empty() { Some(Next::Close) } else { write },
+                Response::Streaming { ref head, .. } => {
+                    // A chunk is written before the next is pulled, so a stream paces itself;
+                    // until this response has one, earlier responses may wait to go with it.
+                    if head.is_none() && !self.out.is_empty() {
                         return write;
                     }
-                    match self.parse_head(now) {
-                        Err(e) => self.reject(e, now),
-                        Ok(Some(req)) => {
-                            if let Some(next) = self.begin_exchange(req, now) {
-                                return next;
-                            }
+                    return Some(Next::Body);
+                }
+                Response::Done { keep_alive } => {
+                    if keep_alive && !x.decoder.is_done() && x.body_error.is_none() {
+                        // Still draining, or the drain ended and the phase moved on.
+                        return self.drain();
+                    }
+                    let keep_alive = keep_alive && x.body_error.is_none() && x.decoder.is_done();
+                    if keep_alive {
+                        self.next_request(now);
+                    } else {
+                        let linger = !x.decoder.is_done() || !self.rbuf.filled().is_empty();
+                        self.phase = Phase::Closing(Closing { linger, until: None, discarded: 0 });
+                    }
+                }
+            },
+            Phase::Buffering(x) => {
+                let Framing::Length(n) = x.req.framing else { unreachable!("only length bodies are buffered") };
+                if self.rbuf.filled().len() as u64 >= n {
+                    let Phase::Buffering(x) = std::mem::replace(&mut self.phase, Phase::Head) else { unreachable!() };
+                    let req = x.req;
+                    self.phase = Phase::Exchange(x);
+                    return Some(Next::Request(req));
+                }
+                if self.eof {
+                    self.reject(ParseError::IncompleteBody, now);
+                    return None;
+                }
+                if !self.out.is_empty() {
+                    return write;
+                }
+                return Some(Next::Read { deadline: x.body_deadline, idle: false });
+            }
+            Phase::Head => {
+                if self.out.len >= OUTPUT_HIGH_WATER {
+                    return write;
+                }
+                match self.parse_head(now) {
+                    Err(e) => self.reject(e, now),
+                    Ok(Some(req)) => {
+                        if let Some(next) = self.begin_exchange(req, now) {
+                            return Some(next);
                         }
-                        Ok(None) if !self.out.is_empty() => return write,
-                        Ok(None) if self.eof => self.phase = Phase::Closed,
-                        Ok(None) => {
-                            let idle = self.head_started.is_none();
-                            return Next::Read { deadline: self.head_deadline(), idle };
-                        }
+                    }
+                    Ok(None) if !self.out.is_empty() => return write,
+                    Ok(None) if self.eof => self.phase = Phase::Closed,
+                    Ok(None) => {
+                        let idle = self.head_started.is_none();
+                        return Some(Next::Read { deadline: self.head_deadline(), idle });
                     }
                 }
             }
         }
+        None
     }
 
     /// Reads and discards what the handler left of the request body, up to the drain limit.

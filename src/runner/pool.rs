@@ -16,6 +16,7 @@ use super::{AcceptGate, Runner};
 use crate::conn::{Conn, Mode, ServeContext, Step};
 use crate::environ::RunnerFlags;
 use crate::error::Result;
+use crate::http::session::BufferPool;
 use crate::net::{Listener, Stream};
 
 /// Default number of worker threads of [`ThreadPool::default`].
@@ -155,17 +156,21 @@ impl Queue {
         }
     }
 
-    /// Ends a turn as leader: queues the jobs it found, frees the leadership, and wakes idle
-    /// workers, one to lead and one per queued job.
-    fn end_lead(&self, jobs: impl Iterator<Item = Job>) {
+    /// Ends a turn as leader: queues the jobs it found, frees the leadership, wakes idle
+    /// workers (one to lead and one per queued job), and returns the oldest job for the leader
+    /// itself. Oldest first: a leader that served what it just found before what earlier leaders
+    /// queued would make the queued requests wait behind newer ones (the tail latency).
+    fn end_lead(&self, jobs: impl Iterator<Item = Job>) -> Option<Job> {
         let mut state = self.lock();
         state.jobs.extend(jobs);
         state.leading = false;
+        let mine = state.jobs.pop_front();
         let wake = state.idle.min(state.jobs.len() + 1);
         drop(state);
         for _ in 0..wake {
             self.changed.notify_one();
         }
+        mine
     }
 
     /// Lets the workers finish what is queued, then exit.
@@ -189,6 +194,8 @@ struct Shared {
     /// Accepting paused at the connection cap, or a stop under way: a closing connection wakes
     /// the leader.
     watch_closes: AtomicBool,
+    /// Buffers of parked idle connections.
+    buffers: BufferPool,
     /// Workers still running, for the graceful stop.
     running: Mutex<usize>,
     stopped: Condvar,
@@ -270,6 +277,8 @@ impl Runner for ThreadPool {
             waker,
             open: AtomicUsize::new(0),
             watch_closes: AtomicBool::new(false),
+            // Enough for every worker and the leader to be busy, plus a burst.
+            buffers: BufferPool::new(4 * self.workers + 16),
             running: Mutex::new(self.workers),
             stopped: Condvar::new(),
         });
@@ -324,10 +333,8 @@ fn work(shared: &Shared) {
             Turn::Lead => {
                 let mine = {
                     let mut poller = shared.poller.lock().unwrap_or_else(|e| e.into_inner());
-                    let mine = poller.lead(shared);
-                    let rest = poller.found.drain(..);
-                    shared.queue.end_lead(rest);
-                    mine
+                    poller.lead(shared);
+                    shared.queue.end_lead(poller.found.drain(..))
                 };
                 if let Some(job) = mine {
                     serve(shared, job);
@@ -341,6 +348,7 @@ fn work(shared: &Shared) {
 /// Serves a connection for as long as it does not wait on the network, then parks it.
 fn serve(shared: &Shared, Job { mut conn, slot }: Job) {
     loop {
+        conn.reclaim_buffers(&shared.buffers);
         match conn.drive(Mode::Worker) {
             Step::Closed => return shared.close(conn, slot),
             Step::Park(_) | Step::Work => match shared.park(conn, slot) {
@@ -370,16 +378,16 @@ struct Poller {
 }
 
 impl Poller {
-    /// Waits for readiness until at least one connection needs a worker (returned; any others
-    /// are in `found`), or the pool is done: stopped with no connection left, or failed.
-    fn lead(&mut self, shared: &Shared) -> Option<Job> {
+    /// Waits for readiness until at least one connection needs a worker (in `found`), or the
+    /// pool is done: stopped with no connection left, or failed.
+    fn lead(&mut self, shared: &Shared) {
         loop {
             if shared.ctx.shutdown.is_requested() && !self.stopping {
                 self.begin_stop(shared);
             }
             if self.error.is_some() || self.stopping && shared.open.load(Ordering::SeqCst) == 0 {
                 shared.queue.close();
-                return self.take_found();
+                return;
             }
             if let Err(e) = self.update_listener(shared) {
                 self.fail(shared, e.into());
@@ -414,14 +422,9 @@ impl Poller {
                 self.next_sweep = Instant::now() + SWEEP_INTERVAL;
             }
             if !self.found.is_empty() {
-                return self.take_found();
+                return;
             }
         }
-    }
-
-    /// The first job found, for the leader itself; the rest stay in `found` for the queue.
-    fn take_found(&mut self) -> Option<Job> {
-        (!self.found.is_empty()).then(|| self.found.remove(0))
     }
 
     /// Records a fatal error and stops the pool.
@@ -539,6 +542,7 @@ impl Poller {
     /// Reads what a connection has; a connection that needs a worker becomes a job.
     fn drive(&mut self, shared: &Shared, mut conn: Box<Conn<Stream>>, index: usize) {
         loop {
+            conn.reclaim_buffers(&shared.buffers);
             match conn.drive(Mode::Poller) {
                 Step::Work => self.found.push(Job { conn, slot: index }),
                 Step::Closed => shared.close(conn, index),
@@ -555,15 +559,21 @@ impl Poller {
     }
 
     /// Acts on the deadlines of parked connections: a head or body that did not come in time
-    /// gets `408`, an idle connection closes, a stalled write is dropped.
+    /// gets `408`, an idle connection closes, a stalled write is dropped. Parked connections
+    /// idle between requests lend their buffers to the pool meanwhile: done here, every sweep,
+    /// rather than at each park, so that a busy keep-alive connection keeps its own.
     fn sweep(&mut self, shared: &Shared) {
         let now = Instant::now();
         for index in 0..shared.slots.len() {
             let expired = {
                 let mut slot = shared.slot(index);
-                match &slot.conn {
+                match &mut slot.conn {
                     Some(conn) if conn.next_deadline().is_some_and(|t| t <= now) => slot.conn.take(),
-                    _ => None,
+                    Some(conn) => {
+                        conn.release_buffers(&shared.buffers);
+                        None
+                    }
+                    None => None,
                 }
             };
             if let Some(conn) = expired {
