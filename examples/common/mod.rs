@@ -6,14 +6,19 @@ use std::process::exit;
 pub struct Options {
     pub bind: String,
     pub runner: Box<dyn sgi::runner::Runner>,
+    /// `--keep-alive SECONDS`: the keep-alive idle timeout, when given.
+    pub keep_alive: Option<std::time::Duration>,
 }
 
-/// Parses `--bind ADDR --runner NAME --workers N` (defaults: 127.0.0.1:8000, pool, 4); exits
-/// with a usage message on anything else.
+/// Parses `--bind ADDR --runner NAME --workers N --max-connections N --keep-alive SECONDS`
+/// (defaults: 127.0.0.1:8000, pool, 4, the runner's cap, the library's timeout); exits with a
+/// usage message on anything else.
 pub fn options(example: &str) -> Options {
     let mut bind = "127.0.0.1:8000".to_string();
     let mut runner = "pool".to_string();
     let mut workers = 4usize;
+    let mut max_connections = None;
+    let mut keep_alive = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().unwrap_or_else(|| usage(example, &format!("{name} needs a value")));
@@ -23,12 +28,27 @@ pub fn options(example: &str) -> Options {
             "--workers" => {
                 workers = value("--workers").parse().unwrap_or_else(|_| usage(example, "--workers takes a number"))
             }
+            "--max-connections" => {
+                let n = value("--max-connections")
+                    .parse()
+                    .unwrap_or_else(|_| usage(example, "--max-connections takes a number"));
+                max_connections = Some(n);
+            }
+            "--keep-alive" => {
+                let s: u64 =
+                    value("--keep-alive").parse().unwrap_or_else(|_| usage(example, "--keep-alive takes seconds"));
+                keep_alive = Some(std::time::Duration::from_secs(s));
+            }
             "-h" | "--help" => usage(example, ""),
             other => usage(example, &format!("unknown argument {other:?}")),
         }
     }
-    let runner = sgi::runner::by_name(&runner, workers).unwrap_or_else(|e| usage(example, &e.to_string()));
-    Options { bind, runner }
+    let runner: Box<dyn sgi::runner::Runner> = match (runner.as_str(), max_connections) {
+        ("pool", Some(max)) => Box::new(sgi::runner::ThreadPool::new(workers).max_connections(max)),
+        (_, Some(_)) => usage(example, "--max-connections is for the pool runner"),
+        _ => sgi::runner::by_name(&runner, workers).unwrap_or_else(|e| usage(example, &e.to_string())),
+    };
+    Options { bind, runner, keep_alive }
 }
 
 fn usage(example: &str, problem: &str) -> ! {
@@ -36,7 +56,8 @@ fn usage(example: &str, problem: &str) -> ! {
         eprintln!("error: {problem}");
     }
     eprintln!(
-        "usage: cargo run --release --example {example} -- [--bind ADDR] [--runner NAME] [--workers N]\n  runners: {}",
+        "usage: cargo run --release --example {example} -- [--bind ADDR] [--runner NAME] [--workers N] \
+         [--max-connections N] [--keep-alive SECONDS]\n  runners: {}",
         sgi::runner::NAMES.join(", ")
     );
     exit(if problem.is_empty() { 0 } else { 2 })
@@ -57,6 +78,10 @@ pub fn serve_with(example: &str, config: sgi::Config, handler: impl sgi::Handler
         Err(_) => options.bind.clone(),
     };
     println!("{example}: serving on {url} with the {} runner", options.runner.name());
+    let config = match options.keep_alive {
+        Some(t) => config.keepalive_timeout(Some(t)),
+        None => config,
+    };
     if let Err(e) = server.runner(options.runner).config(config).serve(handler) {
         fail(&e);
     }

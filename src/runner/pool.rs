@@ -28,6 +28,10 @@ const LISTENER: Token = Token(0);
 const SHUTDOWN: Token = Token(1);
 const WAKER: Token = Token(2);
 const FIRST_CONN: usize = 3;
+/// With more connections open than this, a connection that parks between requests lends its
+/// buffers at once; with fewer, each keeps its own until a sweep finds it idle, which spares a
+/// busy keep-alive connection the exchange.
+const LEND_AT_PARK_ABOVE: usize = 256;
 /// How often parked connections are checked for their deadlines while any is open.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -223,6 +227,9 @@ impl Shared {
     fn park(&self, mut conn: Box<Conn<Stream>>, index: usize) -> Option<Box<Conn<Stream>>> {
         if self.ctx.shutdown.is_requested() {
             conn.begin_stop();
+        }
+        if self.open.load(Ordering::Relaxed) > LEND_AT_PARK_ABOVE {
+            conn.release_buffers(&self.buffers);
         }
         let mut slot = self.slot(index);
         if std::mem::take(&mut slot.pending) {
