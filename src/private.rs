@@ -50,3 +50,13 @@ impl HeadParser {
         self.vars.get(key.as_bytes())
     }
 }
+
+/// Runs one connection in memory for the fuzz target (`fuzz/`): the first four bytes of `data`
+/// choose how reads and writes are cut and what the handler does (ignore the body, read it all,
+/// read some, stream a chunked answer, fail, panic); the rest is what the client sends, followed
+/// by the end of its stream. Time is a fake clock that jumps to each deadline. Panics when the
+/// session breaks a rule: a buffer grows past its bounds, the connection never ends, or the
+/// bytes written are not well-framed HTTP/1.1 responses.
+pub fn fuzz_connection(data: &[u8]) {
+    crate::http::session::fuzz(data);
+}

@@ -1085,3 +1085,238 @@ fn body_progress(config: &Config, deadline: Option<Instant>, n: usize, now: Inst
 #[cfg(test)]
 #[path = "session_tests.rs"]
 mod tests;
+
+/// The in-memory pump behind [`crate::private::fuzz_connection`].
+pub(crate) fn fuzz(data: &[u8]) {
+    use crate::environ::{BodySource, Environ, Input, RunnerFlags};
+    use crate::handler::{Response as HandlerResponse, StartResponse};
+    use std::io::Read;
+
+    let Some((ctl, stream)) = data.split_first_chunk::<4>() else { return };
+    let read_max = 1 + usize::from(ctl[0]);
+    let write_max = 1 + usize::from(ctl[1]) * 64;
+    let behaviour = ctl[2] % 6;
+    let buffered_body = if ctl[3] & 1 == 1 { 64 } else { 0 };
+    let config = Arc::new(
+        Config::default()
+            .max_head(4096)
+            .max_request_line(1024)
+            .max_body(Some(8192))
+            .drain_limit(1024)
+            .error_log(|_| {}),
+    );
+    let info =
+        ConnInfo { server_name: "s".into(), server_port: "1".into(), remote_addr: "r".into(), remote_port: "2".into() };
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut session = Session::new(Arc::clone(&config), info, buffered_body, now);
+    let mut input = stream;
+    let mut eof_sent = false;
+    let mut written = Vec::new();
+    let mut body: Option<crate::body::Body> = None;
+    let bound = 4 * (config.max_head + buffered_body as usize) + 2 * READ_BUFFER + 2 * MIN_READ;
+
+    struct Source<'a, 'b> {
+        session: &'a mut Session,
+        input: &'a mut &'b [u8],
+        now: Instant,
+        written: &'a mut Vec<u8>,
+    }
+    impl BodySource for Source<'_, '_> {
+        fn read_body(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            loop {
+                match self.session.read_body(buf, self.now) {
+                    BodyRead::Data(n) => return Ok(n),
+                    BodyRead::End => return Ok(0),
+                    BodyRead::Failed(e) => return Err(e.into()),
+                    BodyRead::Flush(_) => {
+                        let mut slices = [IoSlice::new(&[]); 16];
+                        let n = self.session.output(&mut slices);
+                        let len: usize = slices[..n].iter().map(|s| s.len()).sum();
+                        for s in &slices[..n] {
+                            self.written.extend_from_slice(s);
+                        }
+                        self.session.wrote(len, self.now);
+                    }
+                    BodyRead::Read(deadline) => {
+                        if self.input.is_empty() {
+                            // The client sends nothing more: first the clock runs out, then the
+                            // stream ends.
+                            match deadline {
+                                Some(d) if d > self.now => self.now = d,
+                                _ => self.session.received_eof(),
+                            }
+                            continue;
+                        }
+                        let room = self.session.read_buf();
+                        let n = room.len().min(self.input.len()).min(64);
+                        room[..n].copy_from_slice(&self.input[..n]);
+                        *self.input = &self.input[n..];
+                        self.session.received(n, self.now);
+                    }
+                }
+            }
+        }
+    }
+
+    // Every turn reads, writes or moves the clock: a bound in bytes catches a loop.
+    for turn in 0.. {
+        assert!(
+            turn < 100_000 + 4 * (stream.len() + written.len()),
+            "the connection never ended ({:?} of fake time)",
+            now - t0
+        );
+        assert!(session.rbuf.data.len() <= bound, "read buffer {} over {bound}", session.rbuf.data.len());
+        assert!(session.out.len <= OUTPUT_HIGH_WATER + 64 * 1024, "output {} unbounded", session.out.len);
+        match session.poll(now) {
+            Next::Close => {
+                check_framing(&written);
+                return;
+            }
+            Next::Request(_) => {
+                let mut storage = session.take_response_head();
+                let vars = session.take_vars();
+                let mut rest = input;
+                let result = {
+                    let mut source = Source { session: &mut session, input: &mut rest, now, written: &mut written };
+                    let mut env =
+                        Environ::new(vars, Input::new(Some(&mut source)), &config, None, RunnerFlags::default());
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let mut buf = [0u8; 100];
+                        match behaviour {
+                            1 => {
+                                let mut all = Vec::new();
+                                env.input().read_to_end(&mut all)?;
+                            }
+                            2 => {
+                                env.input().read(&mut buf)?;
+                            }
+                            4 => return Err("fails on purpose".into()),
+                            5 => panic!("panics on purpose"),
+                            _ => {}
+                        }
+                        let started = StartResponse::new(&mut storage).start("200 OK", [("X-Fuzz", "1")])?;
+                        let answer: crate::body::Body = if behaviour == 3 {
+                            crate::body::Body::from_chunks(vec![b"ab".to_vec(), Vec::new(), vec![b'c'; 20_000]])
+                        } else {
+                            "hello".into()
+                        };
+                        Ok::<HandlerResponse, crate::handler::BoxError>(started.body(answer))
+                    }));
+                    let vars = env.into_vars();
+                    (result, vars, source.now)
+                };
+                let (result, vars, later) = result;
+                input = rest;
+                now = later;
+                session.put_vars(vars);
+                match result {
+                    Ok(Ok(HandlerResponse { head, body: b })) => {
+                        if session.respond(head, b.len(), now) {
+                            body = Some(b);
+                        }
+                    }
+                    Ok(Err(e)) => session.handler_failed(&format!("{e}"), now),
+                    Err(_) => session.handler_failed("panicked", now),
+                }
+            }
+            Next::Body => {
+                let b = body.as_mut().expect("a body while the session wants one");
+                match b.next_chunk() {
+                    Ok(Some(chunk)) => session.body_chunk(chunk, now),
+                    Ok(None) => session.body_end(now),
+                    Err(e) => session.body_failed(&format!("{e}"), now),
+                }
+                if !session.wants_body() {
+                    body = None;
+                }
+            }
+            Next::Write(_) => {
+                let mut slices = [IoSlice::new(&[]); 16];
+                let n = session.output(&mut slices);
+                let mut taken = 0;
+                for s in &slices[..n] {
+                    let take = s.len().min(write_max - taken);
+                    written.extend_from_slice(&s[..take]);
+                    taken += take;
+                    if taken == write_max {
+                        break;
+                    }
+                }
+                session.wrote(taken, now);
+            }
+            Next::Read { deadline, .. } => {
+                if !input.is_empty() {
+                    let room = session.read_buf();
+                    let n = room.len().min(input.len()).min(read_max);
+                    room[..n].copy_from_slice(&input[..n]);
+                    input = &input[n..];
+                    session.received(n, now);
+                } else if !eof_sent {
+                    eof_sent = true;
+                    session.received_eof();
+                } else {
+                    now = deadline.expect("after the end of input, every wait has a deadline");
+                }
+            }
+            Next::ShutdownWrite => session.shut_down(now),
+        }
+    }
+}
+
+/// Checks that `bytes` are whole, well-framed HTTP/1.1 responses, one after another. A response
+/// that declares a length may be one to `HEAD` (no body follows); the checker accepts that when
+/// what follows is another response or the end.
+fn check_framing(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole response head") + 4;
+        let head = std::str::from_utf8(&bytes[..end]).expect("an ASCII head");
+        bytes = &bytes[end..];
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or("");
+        assert!(status_line.starts_with("HTTP/1.1 ") && status_line.len() >= 12, "status line {status_line:?}");
+        let status: u16 = status_line[9..12].parse().expect("a status code");
+        let mut length = None;
+        let mut chunked = false;
+        for line in lines.filter(|l| !l.is_empty()) {
+            let (name, value) = line.split_once(": ").expect("name: value");
+            assert!(!name.is_empty() && name.bytes().all(crate::http::parse::is_tchar), "header name {name:?}");
+            if name.eq_ignore_ascii_case("content-length") {
+                assert!(length.replace(value.parse::<usize>().expect("a numeric Content-Length")).is_none());
+            }
+            if name.eq_ignore_ascii_case("transfer-encoding") {
+                assert_eq!(value, "chunked");
+                chunked = true;
+            }
+        }
+        assert!(!(chunked && length.is_some()), "both Content-Length and chunked");
+        if status < 200 || status == 204 || status == 304 {
+            continue;
+        }
+        if chunked {
+            loop {
+                let line_end = bytes.windows(2).position(|w| w == b"\r\n").expect("a chunk-size line");
+                let size = usize::from_str_radix(std::str::from_utf8(&bytes[..line_end]).unwrap(), 16).expect("hex");
+                bytes = &bytes[line_end + 2..];
+                if size == 0 {
+                    assert!(bytes.starts_with(b"\r\n"), "the last chunk ends the body");
+                    bytes = &bytes[2..];
+                    break;
+                }
+                assert!(bytes.len() >= size + 2 && &bytes[size..size + 2] == b"\r\n", "chunk data and CRLF");
+                bytes = &bytes[size + 2..];
+            }
+        } else if let Some(n) = length {
+            let next_is_response = |b: &[u8]| b.is_empty() || b.starts_with(b"HTTP/1.1 ");
+            if bytes.len() >= n && next_is_response(&bytes[n..]) {
+                bytes = &bytes[n..];
+            } else {
+                // A HEAD answer: no body, and a response or the end must follow at once.
+                assert!(next_is_response(bytes), "a body of {n} bytes, or none for HEAD");
+            }
+        } else {
+            // Close-delimited: the rest is the body.
+            return;
+        }
+    }
+}

@@ -693,3 +693,23 @@ fn max_requests_per_connection_closes_after_the_last() {
     assert_eq!(responses.len(), 2, "the third pipelined request is never answered");
     assert_eq!(responses[1].header("connection"), Some("close"));
 }
+
+#[test]
+fn the_fuzz_driver_accepts_every_fixture_with_every_handler_behaviour() {
+    // What `fuzz/` runs, on known inputs: no panic, bounded buffers, well-framed output.
+    let mut all: Vec<Vec<u8>> = fixtures("valid").into_iter().chain(fixtures("invalid")).map(|(_, r, _)| r).collect();
+    all.push(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20));
+    all.push(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+    for request in &all {
+        for behaviour in 0..6u8 {
+            for (read, write) in [(0u8, 0u8), (255, 255), (6, 1)] {
+                for buffered in 0..2u8 {
+                    let data = [&[read, write, behaviour, buffered][..], request].concat();
+                    if std::panic::catch_unwind(|| crate::private::fuzz_connection(&data)).is_err() {
+                        panic!("fuzz_connection failed on {:?}", String::from_utf8_lossy(&data));
+                    }
+                }
+            }
+        }
+    }
+}
