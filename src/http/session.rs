@@ -1189,7 +1189,7 @@ pub(crate) fn fuzz(data: &[u8]) {
                                 env.input().read_to_end(&mut all)?;
                             }
                             2 => {
-                                env.input().read(&mut buf)?;
+                                let _read_some = env.input().read(&mut buf)?;
                             }
                             4 => return Err("fails on purpose".into()),
                             5 => panic!("panics on purpose"),
