@@ -39,7 +39,7 @@
 //! |---|---|---|---|---|
 //! | [`runner::Serial`] | one connection at a time | 1 | the whole server, up to the keep-alive timeout | nothing: one request at a time |
 //! | [`runner::Threaded`] | a thread per connection | live connections, bounded | a thread | sharing state across threads |
-//! | [`runner::ThreadPool`] (default) | N workers taking turns at watching connections; heads buffered before a worker is committed | N requests | a buffer | sharing state across threads |
+//! | [`runner::ThreadPool`] (default) | N workers taking turns at watching connections; heads (and small bodies) buffered before a worker is committed, slow readers parked | N requests | under 2 KiB | sharing state across threads |
 //! | [`runner::Forking`] | a child process per connection | live children, bounded | a process | nothing: each child has its own copy |
 //!
 //! Pick by name with [`runner::by_name`] (`serial`, `threads`, `pool`, `fork`). The README has
@@ -55,8 +55,12 @@
 //! # Shutting down
 //!
 //! [`Server::shutdown_handle`] gives a [`ShutdownHandle`]; triggering it stops accepting, lets the
-//! request in progress finish, closes idle keep-alive connections and makes
-//! [`Server::serve`] return.
+//! requests in progress finish (their responses say `Connection: close`) and makes
+//! [`Server::serve`] return. A connection idle in keep-alive when the stop begins is not cut
+//! under a request that may already be on its way: it waits half a second more, answers a
+//! request that comes in that time (with `Connection: close`), then closes. A closed-loop client
+//! therefore never loses a request to a stop; a client idle longer sees a clean close between
+//! requests, which HTTP clients retry.
 //!
 //! # Platform notes
 //!

@@ -1,5 +1,12 @@
-//! Runners: how connections are scheduled. Every runner hands its connections to the same
-//! connection driver, so they differ in concurrency only, never in how HTTP is parsed or written.
+//! Runners: how connections are scheduled. Every runner pumps the same connection state machine,
+//! so they differ in concurrency only, never in how HTTP is parsed, framed or timed out.
+//!
+//! All of them share one accept policy: when `accept` fails for want of descriptors or memory
+//! (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`), accepting pauses, 10 ms at first and doubling up to
+//! 1 s while it keeps failing, with the listener out of the poll set and clients waiting in the
+//! backlog, while reading, timeouts, closes and stops go on; one log line when a pause begins and
+//! one when accepting works again. Retrying at once would spin without ever getting back to the
+//! connections whose closing frees the descriptors.
 
 mod fork;
 mod pool;

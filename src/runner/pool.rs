@@ -40,20 +40,31 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 ///
 /// The workers take turns (leader/followers): one of them, the leader, waits for readiness on
 /// every connection and the listener, accepts, and reads request bytes as they arrive; a
-/// connection becomes work only once a whole request head is buffered. A client that trickles
-/// its head, or sits idle on keep-alive, costs a buffer, never a worker: 4 workers serve 64
-/// keep-alive clients, or a thousand, and slowloris gets a `408` at the header deadline without
-/// ever holding a worker. When a wait brings complete requests, the leader queues all but one,
-/// hands the leadership to an idle worker, and serves the one it kept itself, so a request is
-/// usually served on the thread that read it, with no handoff. A worker serves its request
-/// (reading the body, if any, with [`Config::body_timeout`](crate::Config::body_timeout)), then
-/// every further request that has already arrived (pipelining, or a quick client), then parks
-/// the connection again.
+/// connection becomes work only once a whole request head is buffered, and a body of up to
+/// [`Config::buffered_body`](crate::Config::buffered_body) (64 KiB) with it. No client holds a
+/// worker while it waits on the network:
+/// - a client that trickles its head, or sits idle on keep-alive, costs a few hundred bytes of
+///   state, never a worker (its buffers go back to the pool while it is idle): 4 workers serve
+///   64 keep-alive clients, or ten thousand, and slowloris gets a `408` at the header deadline;
+/// - a response the client is slow to read goes back to the poller with what is left of it
+///   when a write would block, and whichever worker finds the socket writable again goes on
+///   pulling the body; a write that makes no progress for
+///   [`Config::write_timeout`](crate::Config::write_timeout) drops the connection;
+/// - a body too large to buffer is read by the handler on its worker, at no less than
+///   [`Config::min_body_rate`](crate::Config::min_body_rate) (else `408`), so a trickling upload
+///   holds a worker for at most about [`Config::body_timeout`](crate::Config::body_timeout).
 ///
-/// Each socket is registered once, edge-triggered, and stays non-blocking for its whole life;
-/// a parked connection waits in its slot, and whoever finds bytes for it takes it. A keep-alive
-/// request costs three system calls besides the shared `epoll_wait`: the read that brings it,
-/// the write of the response, and the read that finds nothing more.
+/// When a wait brings complete requests, the leader queues them, hands the leadership to an
+/// idle worker, and serves the oldest queued request itself. A worker serves its request, then
+/// every further request that has already arrived (pipelining: their responses go out in one
+/// write), then parks the connection again.
+///
+/// Each socket is registered once, edge-triggered for reading and writing, and stays
+/// non-blocking for its whole life; a parked connection waits in its slot, and whoever finds it
+/// ready takes it. Deadlines (head, idle, body, write, linger) are the connection state
+/// machine's; the leader acts on those that passed every 100 ms. When `accept` fails for want of
+/// descriptors or memory, accepting pauses (see [the runner module](super)) while everything
+/// else goes on.
 ///
 /// Backpressure: requests wait in a queue that holds at most one per open connection; at
 /// [`ThreadPool::max_connections`] open connections the pool stops accepting, and new clients
