@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,15 @@ fn build_examples() -> HashMap<String, PathBuf> {
     built
 }
 
+/// The lock every test that starts a server takes for as long as the server runs: tests that
+/// spawn servers and depend on timing never run at the same time as each other, whatever the
+/// harness's thread count. (Test binaries themselves run one after another.)
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    // A test that failed while holding it poisons it; the next test goes on all the same.
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A port that was free a moment ago on 127.0.0.1 (the listener is dropped before it is used:
 /// a small race that [`ServerProcess::start`] survives by retrying with another port).
 pub fn free_port() -> u16 {
@@ -103,6 +112,8 @@ pub enum Bind {
 /// graceful exit (so that a fork runner reaps its own children), then SIGKILL, and always a
 /// `wait`.
 pub struct ServerProcess {
+    /// Held for the server's life: no two timing-dependent servers run at once.
+    _alone: MutexGuard<'static, ()>,
     child: Child,
     pub pid: u32,
     pub bind: Bind,
@@ -146,6 +157,7 @@ impl ServerProcess {
             Bind::Tcp(addr) => addr.to_string(),
             Bind::Unix(path) => format!("unix:{}", path.display()),
         };
+        let alone = exclusive();
         // `prlimit` (and the like) exec the server in place: the pid stays the server's.
         let mut command = match prefix.split_first() {
             Some((program, rest)) => {
@@ -181,7 +193,7 @@ impl ServerProcess {
             }));
         }
         let pid = child.id();
-        ServerProcess { child, pid, bind, output, readers, exit: None }
+        ServerProcess { _alone: alone, child, pid, bind, output, readers, exit: None }
     }
 
     /// Polls `connect()` until it succeeds (the probe connection is closed at once).

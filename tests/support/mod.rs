@@ -9,6 +9,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,8 +21,10 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for `serve` to return after a shutdown was requested.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A server on `127.0.0.1:0`, serving in its own thread; shut down and joined on drop.
+/// A server on `127.0.0.1:0`, serving in its own thread; shut down and joined on drop. While it
+/// lives, no other `TestServer` of the same test binary runs: the tests depend on timing.
 pub struct TestServer {
+    _alone: MutexGuard<'static, ()>,
     addr: SocketAddr,
     shutdown: ShutdownHandle,
     thread: Option<JoinHandle<sgi::Result<()>>>,
@@ -35,6 +38,9 @@ impl TestServer {
 
     /// Serves `handler` with `config` on `runner`.
     pub fn spawn_with(runner: impl Runner, config: Config, handler: impl Handler) -> TestServer {
+        static LOCK: Mutex<()> = Mutex::new(());
+        // A test that failed while holding it poisons it; the next test goes on all the same.
+        let alone = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let server = Server::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").config(config).runner(runner);
         let addr = server.local_addr().expect("local_addr");
         let shutdown = server.shutdown_handle();
@@ -42,7 +48,7 @@ impl TestServer {
             .name(format!("sgi-test-server-{}", addr.port()))
             .spawn(move || server.serve(handler))
             .expect("spawn the server thread");
-        TestServer { addr, shutdown, thread: Some(thread) }
+        TestServer { _alone: alone, addr, shutdown, thread: Some(thread) }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -6,18 +6,15 @@
 //! 127.0.0.1; every wait is bounded, and every process started here is stopped and reaped by a
 //! drop guard. Linux only: `/proc` is read to find children, their states and descriptors.
 
-mod process_support;
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Barrier};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use process_support::{children_of, fd_count, fd_list, stat, Http, ServerProcess, Stat, READ_TIMEOUT};
+use crate::process_support::{children_of, fd_count, fd_list, stat, Http, ServerProcess, Stat, READ_TIMEOUT};
 
 /// Polls `done` every 10 ms until it holds or `timeout` passes; whether it held.
 fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -221,7 +218,7 @@ fn probe_refusal(addr: SocketAddr) -> thread::JoinHandle<Option<Duration>> {
 
 /// When a runner stops listening after SIGTERM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ListenerClose {
+pub(crate) enum ListenerClose {
     /// At once: new connections are refused while the in-flight request finishes.
     AtSignal,
     /// Only once the in-flight request is done: until then new connections complete their
@@ -231,7 +228,7 @@ enum ListenerClose {
 
 /// A streamed response in flight at SIGTERM comes whole; the connection then closes; new
 /// connections are refused (see [`ListenerClose`] for when); exit status 0 soon after.
-fn graceful_stop_with_request_in_flight(runner: &str, listener: ListenerClose) {
+pub(crate) fn graceful_stop_with_request_in_flight(runner: &str, listener: ListenerClose) {
     let mut server = ServerProcess::start("stream", &["--runner", runner]);
     let addr = server.addr();
     let mut http = server.http();
@@ -322,29 +319,6 @@ fn graceful_stop_with_request_in_flight(runner: &str, listener: ListenerClose) {
     }
 }
 
-#[test]
-fn graceful_stop_with_request_in_flight_threads() {
-    graceful_stop_with_request_in_flight("threads", ListenerClose::AtSignal);
-}
-
-#[test]
-fn graceful_stop_with_request_in_flight_fork() {
-    graceful_stop_with_request_in_flight("fork", ListenerClose::AtSignal);
-}
-
-#[test]
-fn graceful_stop_with_request_in_flight_pool() {
-    graceful_stop_with_request_in_flight("pool", ListenerClose::AtSignal);
-}
-
-/// The serial runner's only thread is busy with the in-flight connection and the listener is
-/// its to close when `serve` returns, so new connections wait in the backlog until the response
-/// ends; they are never accepted, and are reset at exit.
-#[test]
-fn graceful_stop_with_request_in_flight_serial() {
-    graceful_stop_with_request_in_flight("serial", ListenerClose::AfterInFlight);
-}
-
 /// How long a connection idle in keep-alive at a graceful stop still waits for a request that may
 /// be on its way (the library's `STOP_GRACE`).
 const STOP_GRACE: Duration = Duration::from_millis(500);
@@ -409,7 +383,7 @@ fn pool_answers_requests_queued_at_sigterm() {
 }
 
 /// An idle keep-alive connection at SIGTERM is closed at once and does not hold the exit.
-fn idle_keepalive_does_not_delay_exit(runner: &str) {
+pub(crate) fn idle_keepalive_does_not_delay_exit(runner: &str) {
     let mut server = ServerProcess::start("hello", &["--runner", runner]);
     let mut idle = server.http();
     let response = idle.get("/", false).unwrap();
@@ -425,26 +399,6 @@ fn idle_keepalive_does_not_delay_exit(runner: &str) {
     assert!(status.success(), "{runner}: exit status {status}; output:\n{}", server.output());
     assert!(took < Duration::from_millis(1500), "{runner}: exit took {took:?} with an idle keep-alive connection");
     assert!(idle.closed_by_server().unwrap_or(true), "{runner}: idle connection not closed");
-}
-
-#[test]
-fn idle_keepalive_does_not_delay_exit_threads() {
-    idle_keepalive_does_not_delay_exit("threads");
-}
-
-#[test]
-fn idle_keepalive_does_not_delay_exit_pool() {
-    idle_keepalive_does_not_delay_exit("pool");
-}
-
-#[test]
-fn idle_keepalive_does_not_delay_exit_fork() {
-    idle_keepalive_does_not_delay_exit("fork");
-}
-
-#[test]
-fn idle_keepalive_does_not_delay_exit_serial() {
-    idle_keepalive_does_not_delay_exit("serial");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -494,7 +448,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn unix_socket(runner: &str) {
+pub(crate) fn unix_socket(runner: &str) {
     let path = PathBuf::from(format!("/tmp/sgi-processes-{}-{runner}.sock", std::process::id()));
     let _cleanup = RemoveOnDrop(path.clone());
     let mut server = ServerProcess::start_unix("hello", &path, &["--runner", runner]);
@@ -525,80 +479,9 @@ fn unix_socket(runner: &str) {
     assert!(!path.exists(), "{runner}: socket file {} left behind", path.display());
 }
 
-#[test]
-fn unix_socket_pool() {
-    unix_socket("pool");
-}
-
-#[test]
-fn unix_socket_serial() {
-    unix_socket("serial");
-}
-
-#[test]
-fn unix_socket_threads() {
-    unix_socket("threads");
-}
-
-/// Each child serves a connection and `_exit`s: none may remove the parent's socket file (the
-/// connections after the first prove it is still there), and the parent removes it at exit.
-#[test]
-fn unix_socket_fork() {
-    unix_socket("fork");
-}
-
 // ---------------------------------------------------------------------------------------------
 // 6. Many keep-alive clients: no starvation.
 // ---------------------------------------------------------------------------------------------
-
-fn many_keepalive_clients(runner: &str, workers: &str) {
-    const CLIENTS: usize = 64;
-    const REQUESTS: usize = 20;
-    let server = ServerProcess::start("dump", &["--runner", runner, "--workers", workers]);
-    let addr = server.addr();
-    let barrier = Arc::new(Barrier::new(CLIENTS + 1));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let barrier = Arc::clone(&barrier);
-            thread::spawn(move || -> Result<(), String> {
-                let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5));
-                barrier.wait(); // always, so that a failed connect cannot deadlock the others
-                let stream = stream.map_err(|e| format!("client {c}: connect: {e}"))?;
-                stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let mut http = Http::new(stream);
-                for r in 0..REQUESTS {
-                    let path = format!("/client/{c}/{r}");
-                    let response = http.get(&path, false).map_err(|e| format!("{path}: {e}"))?;
-                    if response.head.status != 200 {
-                        return Err(format!("{path}: status {}", response.head.status));
-                    }
-                    let env = environ(&response.body);
-                    if env_str(&env, "PATH_INFO") != path {
-                        return Err(format!("{path}: answered for {}", env["PATH_INFO"]));
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    barrier.wait();
-    let started = Instant::now();
-    let errors: Vec<String> = clients.into_iter().filter_map(|c| c.join().expect("client thread").err()).collect();
-    let took = started.elapsed();
-    assert!(errors.is_empty(), "{runner}: {} clients failed: {errors:#?}\noutput:\n{}", errors.len(), server.output());
-    assert!(took < Duration::from_secs(20), "{runner}: {CLIENTS}x{REQUESTS} keep-alive requests took {took:?}");
-    eprintln!("{runner} --workers {workers}: {CLIENTS} clients x {REQUESTS} requests in {took:?}");
-}
-
-#[test]
-fn pool_of_4_serves_64_keepalive_clients() {
-    many_keepalive_clients("pool", "4");
-}
-
-#[test]
-fn threads_serve_64_keepalive_clients() {
-    many_keepalive_clients("threads", "64");
-}
 
 // ---------------------------------------------------------------------------------------------
 // 7. Slowloris does not stall the others.
@@ -607,88 +490,6 @@ fn threads_serve_64_keepalive_clients() {
 // trickles its head holds the whole server until the header deadline (20 s by default, not
 // settable from the examples). Its documentation says so.
 // ---------------------------------------------------------------------------------------------
-
-fn slowloris_does_not_stall_others(runner: &str) {
-    let server = ServerProcess::start("hello", &["--runner", runner, "--workers", "4"]);
-    let addr = server.addr();
-
-    let mut slow = Vec::new();
-    for _ in 0..3 {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
-        slow.push(s);
-    }
-    let writers: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().unwrap()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let trickled = Arc::new(AtomicUsize::new(0));
-    let trickler = {
-        let (stop, trickled) = (Arc::clone(&stop), Arc::clone(&trickled));
-        thread::spawn(move || -> io::Result<()> {
-            let header = b"X-Slowloris: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-            let mut writers = writers;
-            for &byte in header.iter().cycle() {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                for w in &mut writers {
-                    w.write_all(&[byte])?;
-                }
-                trickled.fetch_add(1, Ordering::SeqCst);
-                thread::sleep(Duration::from_millis(200));
-            }
-            Ok(())
-        })
-    };
-    // Let the trickling connections be accepted and start their heads.
-    thread::sleep(Duration::from_millis(300));
-
-    let started = Instant::now();
-    for i in 0..50 {
-        let t0 = Instant::now();
-        let mut http = Http::new(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap());
-        http.stream().set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let response = http
-            .get(&format!("/normal/{i}"), true)
-            .unwrap_or_else(|e| panic!("{runner}: normal request {i} failed while slowloris trickles: {e}"));
-        let took = t0.elapsed();
-        assert_eq!(response.head.status, 200, "{runner}");
-        assert_eq!(response.body, b"Hello, World!");
-        assert!(took < Duration::from_secs(1), "{runner}: normal request {i} took {took:?}");
-        // Spread over about a second, so that the heads keep trickling in meanwhile.
-        thread::sleep(Duration::from_millis(20));
-    }
-    let normal_took = started.elapsed();
-
-    // The trickling clients are still connected, unanswered, and still trickling.
-    let bytes_before = trickled.load(Ordering::SeqCst);
-    for (i, s) in slow.iter().enumerate() {
-        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let mut byte = [0u8; 1];
-        match (&*s).read(&mut byte) {
-            Err(e) if is_timeout(&e) => {}
-            other => panic!("{runner}: slow client {i} was answered or closed early: {other:?}"),
-        }
-    }
-    stop.store(true, Ordering::SeqCst);
-    trickler.join().unwrap().unwrap_or_else(|e| panic!("{runner}: a slow client's write failed: {e}"));
-    assert!(bytes_before >= 4, "{runner}: only {bytes_before} header bytes trickled");
-    eprintln!("{runner}: 50 requests in {normal_took:?} beside 3 slowloris clients ({bytes_before} bytes trickled)");
-}
-
-#[test]
-fn slowloris_does_not_stall_others_threads() {
-    slowloris_does_not_stall_others("threads");
-}
-
-#[test]
-fn slowloris_does_not_stall_others_pool() {
-    slowloris_does_not_stall_others("pool");
-}
-
-#[test]
-fn slowloris_does_not_stall_others_fork() {
-    slowloris_does_not_stall_others("fork");
-}
 
 // ---------------------------------------------------------------------------------------------
 // 8. Backpressure at the cap of the threads runner.

@@ -1,10 +1,11 @@
 //! The conformance suite: one set of tests, instantiated for every runner (`serial`, `threads`,
-//! `pool`, `fork`) by [`suite!`], each test against its own `examples/testbed` process started
-//! with `--runner R --workers W` and the configuration the test needs (`SGI_*` variables).
+//! `pool`, `fork`) by `suite!` in `main.rs`, each test against its own `examples/testbed`
+//! process started with `--runner R --workers W` and the configuration the test needs (`SGI_*`
+//! variables).
 //!
 //! Every runner runs the same way, as a spawned process: the fork runner refuses to start in a
 //! multi-threaded process such as the test harness, and a process per test also keeps the tests
-//! independent, so that the harness can run them in parallel.
+//! independent.
 //!
 //! `W` is 4 for the pool (fewer workers than the 64 clients and the 8 slowloris clients, which is
 //! the point of a pool) and 64 for `threads` and `fork` (their cap on live connections; each of
@@ -12,11 +13,6 @@
 //!
 //! Every wait is bounded (client reads by [`READ_TIMEOUT`], readiness by [`READY_TIMEOUT`], exits
 //! by explicit limits), and every process started here is stopped and reaped by a drop guard.
-
-#[path = "process_support/mod.rs"]
-mod process_support;
-#[path = "support/mod.rs"]
-mod support;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -28,8 +24,8 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use process_support::{send_signal, Http, READY_TIMEOUT};
-use support::{parse_responses, raw_unclosed, show, Client, Framing, Resp, READ_TIMEOUT};
+use crate::process_support::{exclusive, send_signal, Http, READY_TIMEOUT};
+use crate::support::{parse_responses, raw_unclosed, show, Client, Framing, Resp, READ_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------------
 // The testbed process
@@ -41,6 +37,8 @@ const CONFIG_VARS: &[&str] = &[
     "SGI_HEADER_TIMEOUT_MS",
     "SGI_KEEPALIVE_TIMEOUT_MS",
     "SGI_BODY_TIMEOUT_MS",
+    "SGI_WRITE_TIMEOUT_MS",
+    "SGI_MIN_BODY_RATE",
     "SGI_MAX_BODY",
     "SGI_GRACEFUL_TIMEOUT_MS",
 ];
@@ -84,9 +82,9 @@ fn testbed_binary() -> &'static Path {
 
 /// A runner to test: its name for `--runner` and its `--workers`.
 #[derive(Debug, Clone, Copy)]
-struct Runner {
-    name: &'static str,
-    workers: usize,
+pub(crate) struct Runner {
+    pub(crate) name: &'static str,
+    pub(crate) workers: usize,
 }
 
 impl Runner {
@@ -100,6 +98,8 @@ impl Runner {
 /// connection). Dropping it stops it: SIGTERM, up to 3 s for a graceful exit (a fork parent
 /// reaps its children), then SIGKILL; always reaped.
 struct Testbed {
+    /// Held for the testbed's life: no two timing-dependent servers run at once.
+    _alone: std::sync::MutexGuard<'static, ()>,
     child: Child,
     pid: u32,
     addr: SocketAddr,
@@ -111,6 +111,7 @@ struct Testbed {
 
 impl Testbed {
     fn start(runner: Runner, env: &[(&str, &str)]) -> Testbed {
+        let alone = exclusive();
         let mut cmd = Command::new(testbed_binary());
         cmd.args(["--bind", "127.0.0.1:0", "--runner", runner.name, "--workers", &runner.workers.to_string()]);
         for var in CONFIG_VARS {
@@ -151,8 +152,16 @@ impl Testbed {
                 })
             })
             .collect();
-        let mut testbed =
-            Testbed { child, pid, addr: SocketAddr::from(([127, 0, 0, 1], 0)), runner, output, readers, exit: None };
+        let mut testbed = Testbed {
+            _alone: alone,
+            child,
+            pid,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            runner,
+            output,
+            readers,
+            exit: None,
+        };
         // "testbed: serving on http://127.0.0.1:PORT/ with the R runner"
         let line = ready_rx
             .recv_timeout(READY_TIMEOUT)
@@ -293,7 +302,7 @@ fn is_timeout(e: &io::Error) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// The routes answer; a fixed body gets a `Content-Length`, a streamed one is chunked.
-fn hello(rt: Runner) {
+pub(crate) fn hello(rt: Runner) {
     let server = Testbed::start(rt, &[]);
     let mut client = server.client();
     let resp = client.send(get("/hello").as_bytes()).read_response();
@@ -318,7 +327,7 @@ fn hello(rt: Runner) {
 
 /// Several requests on one connection (the same one: the server sees the same client port),
 /// then the idle connection is closed at `SGI_KEEPALIVE_TIMEOUT_MS`.
-fn keep_alive(rt: Runner) {
+pub(crate) fn keep_alive(rt: Runner) {
     const KEEPALIVE: Duration = Duration::from_millis(1000);
     let server = Testbed::start(rt, &[("SGI_KEEPALIVE_TIMEOUT_MS", "1000")]);
     let mut client = server.client();
@@ -345,7 +354,7 @@ fn keep_alive(rt: Runner) {
 
 /// Three requests in one write, a chunked POST in the middle, answered in order; the last one
 /// says `Connection: close`, and the server closes after it on its own.
-fn pipelining(rt: Runner) {
+pub(crate) fn pipelining(rt: Runner) {
     let server = Testbed::start(rt, &[]);
     let request = [
         get("/hello"),
@@ -370,7 +379,7 @@ fn pipelining(rt: Runner) {
 
 /// Request bodies framed by `Content-Length` and chunked, to `/echo` and `/dump`, on one
 /// keep-alive connection.
-fn post_bodies(rt: Runner) {
+pub(crate) fn post_bodies(rt: Runner) {
     let server = Testbed::start(rt, &[]);
     let mut client = server.client();
     let binary: Vec<u8> = (0..=255u8).collect();
@@ -426,7 +435,7 @@ fn post_bodies(rt: Runner) {
 /// Bad requests get their status and a closed connection, and nothing behind them is
 /// processed: neither first on a connection nor behind a valid request. Served with
 /// `SGI_MAX_BODY=1000` and `SGI_HEADER_TIMEOUT_MS=300`.
-fn error_statuses(rt: Runner) {
+pub(crate) fn error_statuses(rt: Runner) {
     let server = Testbed::start(rt, &[("SGI_MAX_BODY", "1000"), ("SGI_HEADER_TIMEOUT_MS", "300")]);
     let long_line = format!("GET /{} HTTP/1.1\r\nHost: test\r\n\r\n", "a".repeat(9 * 1024));
     let many_headers = format!(
@@ -495,7 +504,7 @@ fn error_statuses(rt: Runner) {
 
 /// A panicking handler gets its client a `500` and a closed connection (nothing pipelined behind
 /// it is answered); the server goes on serving.
-fn panicking_handler(rt: Runner) {
+pub(crate) fn panicking_handler(rt: Runner) {
     let mut server = Testbed::start(rt, &[]);
     for _ in 0..3 {
         let bytes = raw_unclosed(server.addr, [get("/panic"), get("/hello")].concat().as_bytes());
@@ -515,7 +524,7 @@ fn panicking_handler(rt: Runner) {
 }
 
 /// A handler that returns an error gets its client a `500`; the server goes on serving.
-fn handler_error(rt: Runner) {
+pub(crate) fn handler_error(rt: Runner) {
     let mut server = Testbed::start(rt, &[]);
     let mut client = server.client();
     let resp = client.send(get("/error").as_bytes()).read_response();
@@ -529,7 +538,7 @@ fn handler_error(rt: Runner) {
 }
 
 /// `wsgi.multithread` / `wsgi.multiprocess` / `wsgi.run_once` tell the truth about the runner.
-fn flags(rt: Runner) {
+pub(crate) fn flags(rt: Runner) {
     let expected = match rt.name {
         "serial" => "multithread=false multiprocess=false run_once=false",
         "threads" | "pool" => "multithread=true multiprocess=false run_once=false",
@@ -552,7 +561,7 @@ fn flags(rt: Runner) {
 /// which measures the clients, not the server. So each of the 64 clients makes its requests with
 /// `Connection: close`, one connection per request: the server takes turns between them and
 /// must lose none.
-fn many_clients(rt: Runner) {
+pub(crate) fn many_clients(rt: Runner) {
     const CLIENTS: usize = 64;
     let requests = if rt.is_serial() { 5 } else { 10 };
     let server = Testbed::start(rt, &[]);
@@ -614,7 +623,7 @@ fn many_clients(rt: Runner) {
 /// Eight clients trickle a request head, one byte per 100 ms each (the pool has fewer workers
 /// than that), while 20 normal requests come and go, each answered within 1 s; the trickling
 /// clients are neither answered nor cut off meanwhile (the header deadline is 20 s).
-fn slowloris_does_not_stall_others(rt: Runner) {
+pub(crate) fn slowloris_does_not_stall_others(rt: Runner) {
     const TRICKLERS: usize = 8;
     assert!(!rt.is_serial(), "the serial runner has its own test");
     let server = Testbed::start(rt, &[]);
@@ -682,7 +691,7 @@ fn slowloris_does_not_stall_others(rt: Runner) {
 /// stall others" does not hold for it; what does hold, and is tested here, is the documented
 /// bound: the header deadline (`SGI_HEADER_TIMEOUT_MS=500`) ends the trickling client with a
 /// `408`, and the client waiting behind it is served right after.
-fn slowloris_stalls_serial_only_until_the_header_deadline(rt: Runner) {
+pub(crate) fn slowloris_stalls_serial_only_until_the_header_deadline(rt: Runner) {
     assert!(rt.is_serial());
     let server = Testbed::start(rt, &[("SGI_HEADER_TIMEOUT_MS", "500")]);
     let mut slow = connect(server.addr);
@@ -729,7 +738,7 @@ fn slowloris_stalls_serial_only_until_the_header_deadline(rt: Runner) {
 /// has exactly 4 workers) when the signal comes 200 ms after they were sent. Serial: only one
 /// request can be in flight, since the others would wait unaccepted in the backlog (and be reset
 /// at exit, as `tests/processes.rs` checks), so it has one.
-fn graceful_shutdown_loses_no_request_in_flight(rt: Runner) {
+pub(crate) fn graceful_shutdown_loses_no_request_in_flight(rt: Runner) {
     let in_flight = if rt.is_serial() { 1 } else { 4 };
     let mut server = Testbed::start(rt, &[("SGI_GRACEFUL_TIMEOUT_MS", "5000")]);
     let (sent_tx, sent_rx) = mpsc::channel();
@@ -793,98 +802,3 @@ fn graceful_shutdown_loses_no_request_in_flight(rt: Runner) {
 // ---------------------------------------------------------------------------------------------
 // One module per runner
 // ---------------------------------------------------------------------------------------------
-
-/// Instantiates the suite for one runner: `suite!(name, workers, { runner-specific tests })`.
-/// The module's name is the runner's name; the tests run its functions above with `RUNNER`.
-macro_rules! suite {
-    ($runner:ident, $workers:expr, { $($only:item)* }) => {
-        mod $runner {
-            #[allow(unused_imports)]
-            use super::*;
-
-            const RUNNER: Runner = Runner { name: stringify!($runner), workers: $workers };
-
-            #[test]
-            fn hello() {
-                super::hello(RUNNER);
-            }
-
-            #[test]
-            fn keep_alive() {
-                super::keep_alive(RUNNER);
-            }
-
-            #[test]
-            fn pipelining() {
-                super::pipelining(RUNNER);
-            }
-
-            #[test]
-            fn post_bodies() {
-                super::post_bodies(RUNNER);
-            }
-
-            #[test]
-            fn error_statuses() {
-                super::error_statuses(RUNNER);
-            }
-
-            #[test]
-            fn panicking_handler() {
-                super::panicking_handler(RUNNER);
-            }
-
-            #[test]
-            fn handler_error() {
-                super::handler_error(RUNNER);
-            }
-
-            #[test]
-            fn flags() {
-                super::flags(RUNNER);
-            }
-
-            #[test]
-            fn many_clients() {
-                super::many_clients(RUNNER);
-            }
-
-            #[test]
-            fn graceful_shutdown_loses_no_request_in_flight() {
-                super::graceful_shutdown_loses_no_request_in_flight(RUNNER);
-            }
-
-            $($only)*
-        }
-    };
-}
-
-// `--workers` is ignored by the serial runner.
-suite!(serial, 1, {
-    /// Instead of `slowloris_does_not_stall_others`, which the serial runner does not promise.
-    #[test]
-    fn slowloris_stalls_only_until_the_header_deadline() {
-        super::slowloris_stalls_serial_only_until_the_header_deadline(RUNNER);
-    }
-});
-
-suite!(threads, 64, {
-    #[test]
-    fn slowloris_does_not_stall_others() {
-        super::slowloris_does_not_stall_others(RUNNER);
-    }
-});
-
-suite!(pool, 4, {
-    #[test]
-    fn slowloris_does_not_stall_others() {
-        super::slowloris_does_not_stall_others(RUNNER);
-    }
-});
-
-suite!(fork, 64, {
-    #[test]
-    fn slowloris_does_not_stall_others() {
-        super::slowloris_does_not_stall_others(RUNNER);
-    }
-});

@@ -1,24 +1,16 @@
 //! Hostile clients against real server processes (`examples/testbed`), over 127.0.0.1: readers
 //! that never read, uploads that trickle, more clients than descriptors, and a graceful stop
-//! under a closed-loop load. Each test is bounded in time and runs alone (`exclusive`), since
-//! each measures what a busy 2-core machine lets through.
-
-mod process_support;
+//! under a closed-loop load. Each test is bounded in time and, like every test here, runs alone
+//! (`process_support::exclusive`), since each measures what a busy 2-core machine lets through.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use process_support::ServerProcess;
-
-/// Tests in this file never overlap: each loads the machine on purpose.
-fn exclusive() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::process_support::ServerProcess;
 
 /// One `GET /hello` on a new connection, within `timeout`: whether `Hello, World!` came back.
 fn probe(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
@@ -72,7 +64,6 @@ fn assert_mostly_answered(what: &str, answered: u32, failures: &[String], server
 /// answered. A pool whose workers wrote responses with blocking writes answered none of them.
 #[test]
 fn readers_that_never_read_do_not_starve_the_pool() {
-    let _alone = exclusive();
     let server = ServerProcess::start("testbed", &["--runner", "pool", "--workers", "4"]);
     let addr = server.addr();
     let done = Arc::new(AtomicBool::new(false));
@@ -108,7 +99,6 @@ fn readers_that_never_read_do_not_starve_the_pool() {
 /// once their credit at the minimum rate (500 B/s) runs out (here after the 2 s body timeout).
 #[test]
 fn uploads_that_trickle_do_not_starve_the_pool() {
-    let _alone = exclusive();
     let server = ServerProcess::start_with(
         "testbed",
         &["--runner", "pool", "--workers", "4"],
@@ -173,7 +163,6 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// `workers`: the runner's concurrency knob, set so that the connection cap is above the
 /// descriptor limit.
 fn serves_again_after_running_out_of_descriptors(runner: &str, workers: &str) {
-    let _alone = exclusive();
     let mut server = ServerProcess::start_with(
         "testbed",
         &["--runner", runner, "--workers", workers],
@@ -267,8 +256,7 @@ fn closed_loop_client(addr: SocketAddr, stop_by: Instant) -> Result<usize, Strin
 
 /// Closed-loop keep-alive clients across a SIGTERM: every request sent is answered, the last
 /// with `Connection: close`, and the server exits cleanly.
-fn graceful_stop_under_closed_loop_load(runner: &str, clients: usize) {
-    let _alone = exclusive();
+pub(crate) fn graceful_stop_under_closed_loop_load(runner: &str, clients: usize) {
     let mut server = ServerProcess::start("testbed", &["--runner", runner, "--workers", "4"]);
     let addr = server.addr();
     let stop_by = Instant::now() + Duration::from_secs(10);
@@ -281,25 +269,4 @@ fn graceful_stop_under_closed_loop_load(runner: &str, clients: usize) {
     assert!(results.iter().all(|r| r.as_ref().is_ok_and(|&n| n > 1)), "{runner}: {results:?}");
     let status = server.wait_exit(Duration::from_secs(5)).unwrap_or_else(|| panic!("{runner}: still running"));
     assert!(status.success(), "{runner}: exit status {status}");
-}
-
-#[test]
-fn graceful_stop_under_closed_loop_load_pool() {
-    graceful_stop_under_closed_loop_load("pool", 8);
-}
-
-#[test]
-fn graceful_stop_under_closed_loop_load_threads() {
-    graceful_stop_under_closed_loop_load("threads", 8);
-}
-
-#[test]
-fn graceful_stop_under_closed_loop_load_fork() {
-    graceful_stop_under_closed_loop_load("fork", 8);
-}
-
-/// The serial runner serves one connection at a time: one client.
-#[test]
-fn graceful_stop_under_closed_loop_load_serial() {
-    graceful_stop_under_closed_loop_load("serial", 1);
 }

@@ -1,0 +1,135 @@
+//! Every test that runs a server process, in one binary: the conformance suite, process
+//! behaviour checked in `/proc`, and hostile clients. One macro, [`suite!`], instantiates every
+//! per-runner test for each runner, so adding a runner is adding one line at the bottom.
+//!
+//! Each test's server holds `process_support::exclusive` for its life: tests that spawn servers
+//! and depend on timing never run at the same time as each other.
+
+#[path = "../process_support/mod.rs"]
+mod process_support;
+#[path = "../support/mod.rs"]
+mod support;
+
+mod conformance;
+mod hostile;
+mod processes;
+
+use conformance::Runner;
+use processes::ListenerClose;
+
+/// Instantiates the per-runner tests for one runner:
+/// `suite!(name, workers, closed-loop clients, when the listener closes at a stop, { extra tests })`.
+/// The module's name is the runner's name.
+macro_rules! suite {
+    ($runner:ident, $workers:expr, $clients:expr, $listener:expr, { $($only:item)* }) => {
+        mod $runner {
+            #[allow(unused_imports)]
+            use super::*;
+
+            const RUNNER: Runner = Runner { name: stringify!($runner), workers: $workers };
+
+            #[test]
+            fn hello() {
+                conformance::hello(RUNNER);
+            }
+
+            #[test]
+            fn keep_alive() {
+                conformance::keep_alive(RUNNER);
+            }
+
+            #[test]
+            fn pipelining() {
+                conformance::pipelining(RUNNER);
+            }
+
+            #[test]
+            fn post_bodies() {
+                conformance::post_bodies(RUNNER);
+            }
+
+            #[test]
+            fn error_statuses() {
+                conformance::error_statuses(RUNNER);
+            }
+
+            #[test]
+            fn panicking_handler() {
+                conformance::panicking_handler(RUNNER);
+            }
+
+            #[test]
+            fn handler_error() {
+                conformance::handler_error(RUNNER);
+            }
+
+            #[test]
+            fn flags() {
+                conformance::flags(RUNNER);
+            }
+
+            #[test]
+            fn many_clients() {
+                conformance::many_clients(RUNNER);
+            }
+
+            #[test]
+            fn graceful_shutdown_loses_no_request_in_flight() {
+                conformance::graceful_shutdown_loses_no_request_in_flight(RUNNER);
+            }
+
+            #[test]
+            fn graceful_stop_with_a_stream_in_flight() {
+                processes::graceful_stop_with_request_in_flight(stringify!($runner), $listener);
+            }
+
+            #[test]
+            fn graceful_stop_under_closed_loop_load() {
+                hostile::graceful_stop_under_closed_loop_load(stringify!($runner), $clients);
+            }
+
+            #[test]
+            fn idle_keepalive_does_not_delay_exit() {
+                processes::idle_keepalive_does_not_delay_exit(stringify!($runner));
+            }
+
+            #[test]
+            fn unix_socket() {
+                processes::unix_socket(stringify!($runner));
+            }
+
+            $($only)*
+        }
+    };
+}
+
+// `--workers` is ignored by the serial runner, which serves one connection at a time: one
+// closed-loop client, and its listener closes once the connection in flight is done.
+suite!(serial, 1, 1, ListenerClose::AfterInFlight, {
+    /// Instead of `slowloris_does_not_stall_others`, which the serial runner does not promise.
+    #[test]
+    fn slowloris_stalls_only_until_the_header_deadline() {
+        conformance::slowloris_stalls_serial_only_until_the_header_deadline(RUNNER);
+    }
+});
+
+suite!(threads, 64, 8, ListenerClose::AtSignal, {
+    #[test]
+    fn slowloris_does_not_stall_others() {
+        conformance::slowloris_does_not_stall_others(RUNNER);
+    }
+});
+
+suite!(pool, 4, 8, ListenerClose::AtSignal, {
+    #[test]
+    fn slowloris_does_not_stall_others() {
+        conformance::slowloris_does_not_stall_others(RUNNER);
+    }
+});
+
+suite!(fork, 64, 8, ListenerClose::AtSignal, {
+    #[test]
+    fn slowloris_does_not_stall_others() {
+        conformance::slowloris_does_not_stall_others(RUNNER);
+    }
+});
