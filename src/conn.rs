@@ -18,7 +18,7 @@ use crate::environ::{BodySource, Environ, Input, RunnerFlags};
 use crate::handler::{Handler, Response, StartResponse};
 use crate::http::parse::{ConnInfo, Framing, RequestHead};
 use crate::http::session::{BodyRead, BufferPool, Next, Session};
-use crate::net::{Interest, Transport};
+use crate::net::{Interest, Local, Transport};
 use crate::shutdown::ShutdownHandle;
 use crate::sys::unix::Waited;
 
@@ -31,8 +31,6 @@ pub(crate) struct ServeContext {
     pub(crate) handler: Box<dyn Handler>,
     pub(crate) flags: RunnerFlags,
     pub(crate) shutdown: ShutdownHandle,
-    pub(crate) server_name: Box<str>,
-    pub(crate) server_port: Box<str>,
 }
 
 /// How [`Conn::drive`] treats a socket that would block.
@@ -58,9 +56,14 @@ pub(crate) enum Step {
     Work,
 }
 
-/// Serves one connection until it closes (blocking runners).
-pub(crate) fn serve_connection<S: Transport>(stream: S, peer: Option<SocketAddr>, ctx: &Arc<ServeContext>) {
-    Conn::new(stream, peer, Arc::clone(ctx), 0).drive(Mode::Blocking);
+/// Serves one connection accepted on `local` until it closes (blocking runners).
+pub(crate) fn serve_connection<S: Transport>(
+    stream: S,
+    peer: Option<SocketAddr>,
+    local: &Local,
+    ctx: &Arc<ServeContext>,
+) {
+    Conn::new(stream, peer, local, Arc::clone(ctx), 0).drive(Mode::Blocking);
 }
 
 /// One client connection: its socket, its session, and the response body being sent. `Send`,
@@ -77,10 +80,16 @@ pub(crate) struct Conn<S> {
 
 impl<S: Transport> Conn<S> {
     /// `buffered_body`: see [`Session::new`].
-    pub(crate) fn new(stream: S, peer: Option<SocketAddr>, ctx: Arc<ServeContext>, buffered_body: u64) -> Conn<S> {
+    pub(crate) fn new(
+        stream: S,
+        peer: Option<SocketAddr>,
+        local: &Local,
+        ctx: Arc<ServeContext>,
+        buffered_body: u64,
+    ) -> Conn<S> {
         let info = ConnInfo {
-            server_name: ctx.server_name.clone(),
-            server_port: ctx.server_port.clone(),
+            server_name: local.name.clone(),
+            server_port: local.port.clone(),
             remote_addr: peer.map_or_else(Default::default, |p| p.ip().to_string().into()),
             remote_port: peer.map_or_else(Default::default, |p| p.port().to_string().into()),
         };

@@ -112,5 +112,5 @@ pub use config::{
 pub use environ::{Environ, ErrorStream, Extensions, Input, RunnerFlags};
 pub use error::{BindError, Error, ParseError, Result};
 pub use handler::{handler_fn, BoxError, Handler, Response, StartError, StartResponse, Started};
-pub use server::{Server, DEFAULT_BACKLOG};
+pub use server::{Server, DEFAULT_BACKLOG, MAX_LISTENERS};
 pub use shutdown::ShutdownHandle;

@@ -14,8 +14,56 @@ use crate::sys::unix::{self, Waited};
 #[derive(Debug)]
 pub(crate) enum Listener {
     Tcp(TcpListener),
-    /// The path is removed when the listener is dropped: we created the socket file.
-    Unix(UnixListener, PathBuf),
+    /// With the path of the socket file when this process created it: the file is removed when
+    /// the listener is dropped. An inherited socket's file is never removed.
+    Unix(UnixListener, Option<PathBuf>),
+}
+
+/// What requests on one listener see of it: `SERVER_NAME` and `SERVER_PORT`.
+#[derive(Debug, Clone)]
+pub(crate) struct Local {
+    pub(crate) name: Box<str>,
+    pub(crate) port: Box<str>,
+}
+
+/// The listening sockets of one server, served together, each with what its requests see of it.
+#[derive(Debug)]
+pub(crate) struct Listeners {
+    listeners: Vec<(Listener, Local)>,
+}
+
+impl Listeners {
+    /// Sets every listener non-blocking and works out its `SERVER_NAME` and `SERVER_PORT`.
+    pub(crate) fn new(listeners: Vec<Listener>) -> io::Result<Listeners> {
+        let listeners = listeners
+            .into_iter()
+            .map(|l| {
+                l.set_nonblocking(true)?;
+                let (name, port) = l.server_name_and_port()?;
+                Ok((l, Local { name: name.into(), port: port.into() }))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(Listeners { listeners })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.listeners.len()
+    }
+
+    pub(crate) fn fd(&self, index: usize) -> RawFd {
+        self.listeners[index].0.as_raw_fd()
+    }
+
+    pub(crate) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.listeners.iter().map(|(l, _)| l.as_raw_fd())
+    }
+
+    /// Accepts one connection from listener `index` (see [`Listener::accept`]).
+    pub(crate) fn accept(&self, index: usize) -> io::Result<(Stream, Option<SocketAddr>, &Local)> {
+        let (listener, local) = &self.listeners[index];
+        let (stream, peer) = listener.accept()?;
+        Ok((stream, peer, local))
+    }
 }
 
 /// What the connection pump reads from and writes to: a non-blocking socket (or, in tests, a
@@ -57,7 +105,7 @@ impl Listener {
                 std::fs::remove_file(path)?;
             }
         }
-        Ok(Listener::Unix(UnixListener::bind(path)?, path.to_owned()))
+        Ok(Listener::Unix(UnixListener::bind(path)?, Some(path.to_owned())))
     }
 
     /// Accepts one connection, as a non-blocking, close-on-exec stream with `TCP_NODELAY` set.
@@ -94,7 +142,11 @@ impl Listener {
                 (a.ip().to_string(), a.port().to_string())
             }
             // PEP 3333 wants both non-empty; a Unix socket has a path and no port.
-            Listener::Unix(_, path) => (path.display().to_string(), "0".to_string()),
+            Listener::Unix(l, _) => {
+                let addr = l.local_addr()?;
+                let path = addr.as_pathname().map_or_else(|| "unix".to_string(), |p| p.display().to_string());
+                (path, "0".to_string())
+            }
         })
     }
 
@@ -109,7 +161,7 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
+        if let Listener::Unix(_, Some(path)) = self {
             let _ = std::fs::remove_file(path);
         }
     }

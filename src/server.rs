@@ -10,13 +10,15 @@ use crate::config::Config;
 use crate::conn::ServeContext;
 use crate::error::{BindError, Error, Result};
 use crate::handler::Handler;
-use crate::net::Listener;
+use crate::net::{Listener, Listeners};
 use crate::runner::private::Serving;
 use crate::runner::{Runner, ThreadPool};
 use crate::shutdown::ShutdownHandle;
 
 /// Default listen backlog: connections the kernel queues while every runner slot is busy.
 pub const DEFAULT_BACKLOG: i32 = 1024;
+/// Most listeners one server serves ([`Server::also_listen`]).
+pub const MAX_LISTENERS: usize = 32;
 
 /// A server: a bound listener, a [`Config`], a [`Runner`] and, given to [`Server::serve`], a
 /// [`Handler`].
@@ -31,7 +33,8 @@ pub const DEFAULT_BACKLOG: i32 = 1024;
 /// # }
 /// ```
 pub struct Server {
-    listener: Listener,
+    /// Served together; never empty.
+    listeners: Vec<Listener>,
     config: Config,
     runner: Box<dyn Runner>,
     shutdown: ShutdownHandle,
@@ -41,7 +44,7 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("listener", &self.listener)
+            .field("listeners", &self.listeners)
             .field("runner", &self.runner.name())
             .field("config", &self.config)
             .finish()
@@ -124,9 +127,41 @@ impl Server {
         Server::with_listener(Listener::Tcp(listener))
     }
 
+    /// Serves on a Unix domain socket bound elsewhere (inherited from a parent, a supervisor or
+    /// systemd). Its socket file is never removed by this server: whoever created it owns it.
+    ///
+    /// # Errors
+    /// As [`Server::from_listener`].
+    pub fn from_unix_listener(listener: std::os::unix::net::UnixListener) -> Result<Server> {
+        Server::with_listener(Listener::Unix(listener, None))
+    }
+
+    /// Adds a listener, as [`Server::listen`] takes it: the server serves all of its listeners
+    /// together, each request's `SERVER_NAME` and `SERVER_PORT` those of the listener it came
+    /// through.
+    ///
+    /// # Errors
+    /// As [`Server::listen`]; `InvalidInput` beyond [`MAX_LISTENERS`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), sgi::Error> {
+    /// let server = sgi::Server::listen("127.0.0.1:0")?.also_listen("[::1]:0")?;
+    /// # let _ = server;
+    /// # Ok(()) }
+    /// ```
+    pub fn also_listen(mut self, spec: &str) -> Result<Server> {
+        if self.listeners.len() >= MAX_LISTENERS {
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "too many listeners");
+            return Err(BindError::error(spec, e));
+        }
+        let other = Server::listen(spec)?;
+        self.listeners.extend(other.listeners);
+        Ok(self)
+    }
+
     fn with_listener(listener: Listener) -> Result<Server> {
         Ok(Server {
-            listener,
+            listeners: vec![listener],
             config: Config::default(),
             runner: Box::new(ThreadPool::default()),
             shutdown: ShutdownHandle::new()?,
@@ -134,12 +169,17 @@ impl Server {
         })
     }
 
-    /// The TCP address the listener is bound to.
+    /// The TCP address the (first) listener is bound to.
     ///
     /// # Errors
     /// The operating system's, if the socket cannot tell, or `Unsupported` for a Unix socket.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.listener.local_addr()?)
+        Ok(self.listeners[0].local_addr()?)
+    }
+
+    /// The TCP addresses of every TCP listener, in the order they were added.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
     /// Sets the limits, timeouts and identity. Default: [`Config::default`].
@@ -173,17 +213,15 @@ impl Server {
     /// A fatal error of the listener (not of one connection: those are logged and survived), or
     /// a runner that cannot start.
     pub fn serve(self, handler: impl Handler) -> Result<()> {
-        let (server_name, server_port) = self.listener.server_name_and_port()?;
+        let listeners = Listeners::new(self.listeners)?;
         let _signals = if self.handle_signals { Some(self.shutdown.handle_signals()?) } else { None };
         let ctx = ServeContext {
             flags: self.runner.flags(),
             config: Arc::new(self.config),
             handler: Box::new(handler),
             shutdown: self.shutdown,
-            server_name: server_name.into(),
-            server_port: server_port.into(),
         };
-        self.runner.run(Serving { listener: self.listener, ctx: Arc::new(ctx) })
+        self.runner.run(Serving { listeners, ctx: Arc::new(ctx) })
     }
 }
 

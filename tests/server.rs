@@ -137,3 +137,78 @@ fn pool_stops_accepting_at_its_connection_cap_and_resumes_when_one_closes() {
     stop.shutdown();
     serving.join().expect("server thread").expect("serve");
 }
+
+/// `SERVER_NAME:SERVER_PORT` as the handler saw it, through a Unix socket.
+fn get_unix(path: &std::path::Path) -> String {
+    let mut stream = std::os::unix::net::UnixStream::connect(path).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+}
+
+fn where_served() -> impl sgi::Handler {
+    sgi::handler_fn(|env, start_response| {
+        let body = format!("{}:{}", env.get("SERVER_NAME").unwrap_or("?"), env.get("SERVER_PORT").unwrap_or("?"));
+        Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body(body))
+    })
+}
+
+/// One server, three listeners (IPv4, IPv6, a Unix socket), on each runner that can run in the
+/// test process: each request answered, with the `SERVER_NAME` and `SERVER_PORT` of the
+/// listener it came through.
+#[test]
+fn serves_several_listeners_together_each_with_its_own_name_and_port() {
+    for runner in ["serial", "threads", "pool"] {
+        let dir = std::env::temp_dir().join(format!("sgi-listeners-{}-{runner}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let server = sgi::Server::listen("127.0.0.1:0")
+            .and_then(|s| s.also_listen("[::1]:0"))
+            .and_then(|s| s.also_listen(&format!("unix:{}", path.display())))
+            .expect("three listeners");
+        let addrs = server.local_addrs();
+        assert_eq!(addrs.len(), 2, "{addrs:?}");
+        let stop = server.shutdown_handle();
+        let runner = sgi::runner::by_name(runner, 4).unwrap();
+        let serving = std::thread::spawn(move || server.handle_signals(false).runner(runner).serve(where_served()));
+        for addr in &addrs {
+            let response = get(*addr);
+            assert!(response.ends_with(&format!("{}:{}", addr.ip(), addr.port())), "{response}");
+        }
+        let response = get_unix(&path);
+        assert!(response.ends_with(&format!("{}:0", path.display())), "{response}");
+        stop.shutdown();
+        serving.join().unwrap().expect("serve");
+        assert!(!path.exists(), "the socket file this server created goes with it");
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// A Unix socket the server did not create (inherited) is served, and its file left alone.
+#[test]
+fn an_inherited_unix_socket_file_is_never_removed() {
+    let path = std::env::temp_dir().join(format!("sgi-inherited-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let server = sgi::Server::from_unix_listener(listener).expect("server");
+    let stop = server.shutdown_handle();
+    let serving =
+        std::thread::spawn(move || server.handle_signals(false).runner(sgi::runner::Serial).serve(where_served()));
+    assert!(get_unix(&path).ends_with(&format!("{}:0", path.display())));
+    stop.shutdown();
+    serving.join().unwrap().expect("serve");
+    assert!(path.exists(), "whoever created the socket file owns it");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_server_takes_at_most_max_listeners() {
+    let mut server = sgi::Server::listen("127.0.0.1:0").unwrap();
+    for _ in 1..sgi::MAX_LISTENERS {
+        server = server.also_listen("127.0.0.1:0").unwrap();
+    }
+    let err = server.also_listen("127.0.0.1:0").expect_err("one too many");
+    assert_eq!(err.to_string(), "cannot bind 127.0.0.1:0");
+}

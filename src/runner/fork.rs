@@ -2,7 +2,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -74,8 +73,7 @@ impl Runner for Forking {
         if threads > 1 {
             return Err(Error::NotSingleThreaded(threads));
         }
-        let Serving { listener, ctx } = server;
-        listener.set_nonblocking(true)?;
+        let Serving { listeners, ctx } = server;
         let exited = WakePipe::new()?;
         signal::handle_child_signal(exited.write_fd())?;
         // Shared by the accept loop's three callbacks, one at a time.
@@ -89,15 +87,18 @@ impl Runner for Forking {
         };
         let at_cap = || children.borrow().len() >= self.max_children;
         let on_wake = || reap(&mut children.borrow_mut());
-        super::accept_loop(&listener, &ctx, Some(&exited), at_cap, on_wake, |stream, peer| {
+        super::accept_loop(&listeners, &ctx, Some(&exited), at_cap, on_wake, |stream, peer, local| {
             match process::fork(signal::reset_in_child) {
                 Ok(process::Forked::Child) => {
-                    // The child never returns from here: owners of these descriptors never drop.
-                    unix::close_in_child(listener.as_raw_fd());
+                    // The child never returns from here: owners of these descriptors never drop
+                    // (so neither is a Unix socket file removed).
+                    for fd in listeners.fds() {
+                        unix::close_in_child(fd);
+                    }
                     unix::close_in_child(exited.read_fd());
                     unix::close_in_child(exited.write_fd());
                     ctx.shutdown.mark_forked_child();
-                    let served = catch_unwind(AssertUnwindSafe(|| serve_connection(stream, peer, &ctx)));
+                    let served = catch_unwind(AssertUnwindSafe(|| serve_connection(stream, peer, local, &ctx)));
                     process::exit_now(if served.is_ok() { 0 } else { CHILD_PANICKED });
                 }
                 Ok(process::Forked::Parent { child }) => {
@@ -112,7 +113,7 @@ impl Runner for Forking {
         })?;
         let mut children = children.into_inner();
         // Graceful stop: children see the shutdown pipe; wait for them, then kill the rest.
-        drop(listener);
+        drop(listeners);
         let deadline = Instant::now() + ctx.config.graceful_timeout;
         loop {
             reap(&mut children);

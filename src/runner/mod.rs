@@ -20,13 +20,12 @@ pub use threaded::Threaded;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::conn::ServeContext;
 use crate::environ::RunnerFlags;
 use crate::error::{Error, Result};
-use crate::net::{Listener, Stream};
+use crate::net::{Listeners, Local, Stream};
 use crate::sys::unix::{self, WakePipe};
 
 /// The names [`by_name`] knows, in the order the documentation presents them.
@@ -165,29 +164,27 @@ impl AcceptGate {
 /// calls `on_wake` after each wait, stops accepting while `at_cap` says so or the gate is
 /// closed, and hands every accepted connection to `serve`. Returns when a stop is requested.
 pub(crate) fn accept_loop(
-    listener: &Listener,
+    listeners: &Listeners,
     ctx: &ServeContext,
     wake_pipe: Option<&WakePipe>,
     mut at_cap: impl FnMut() -> bool,
     mut on_wake: impl FnMut(),
-    mut serve: impl FnMut(Stream, Option<SocketAddr>),
+    mut serve: impl FnMut(Stream, Option<SocketAddr>, &Local),
 ) -> Result<()> {
     let mut gate = AcceptGate::default();
+    let mut fds = Vec::with_capacity(2 + listeners.len());
     loop {
         let now = Instant::now();
         let listening = !at_cap() && gate.is_open(now);
-        let mut fds = [ctx.shutdown.wake_fd(); 3];
-        let mut count = 1;
-        if let Some(pipe) = wake_pipe {
-            fds[count] = pipe.read_fd();
-            count += 1;
-        }
+        fds.clear();
+        fds.push(ctx.shutdown.wake_fd());
+        fds.extend(wake_pipe.map(WakePipe::read_fd));
+        let first_listener = fds.len();
         if listening {
-            fds[count] = listener.as_raw_fd();
-            count += 1;
+            fds.extend(listeners.fds());
         }
         let timeout = gate.resume_at().map(|t| t.saturating_duration_since(now));
-        let ready = unix::wait_readable(&fds[..count], timeout)?;
+        let ready = unix::wait_readable(&fds, timeout)?;
         if let Some(pipe) = wake_pipe {
             pipe.drain();
         }
@@ -195,13 +192,11 @@ pub(crate) fn accept_loop(
         if ctx.shutdown.is_requested() {
             return Ok(());
         }
-        if !listening || ready != Some(count - 1) {
-            continue;
-        }
-        match listener.accept() {
-            Ok((stream, peer)) => {
+        let Some(index) = ready.and_then(|i| i.checked_sub(first_listener)) else { continue };
+        match listeners.accept(index) {
+            Ok((stream, peer, local)) => {
                 gate.accepted(ctx);
-                serve(stream, peer);
+                serve(stream, peer, local);
             }
             Err(e) => gate.failed(ctx, e)?,
         }
@@ -212,19 +207,19 @@ pub(crate) mod private {
     use std::sync::Arc;
 
     use crate::conn::ServeContext;
-    use crate::net::Listener;
+    use crate::net::Listeners;
 
     pub trait Sealed {}
 
-    /// Everything a runner needs to serve: the listener and the shared connection context.
+    /// Everything a runner needs to serve: the listeners and the shared connection context.
     pub struct Serving {
-        pub(crate) listener: Listener,
+        pub(crate) listeners: Listeners,
         pub(crate) ctx: Arc<ServeContext>,
     }
 
     impl std::fmt::Debug for Serving {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("Serving").field("listener", &self.listener).finish_non_exhaustive()
+            f.debug_struct("Serving").field("listeners", &self.listeners).finish_non_exhaustive()
         }
     }
 }

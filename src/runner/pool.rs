@@ -17,17 +17,19 @@ use crate::conn::{Conn, Mode, ServeContext, Step};
 use crate::environ::RunnerFlags;
 use crate::error::Result;
 use crate::http::session::BufferPool;
-use crate::net::{Listener, Stream};
+use crate::net::{Listeners, Stream};
+use crate::server::MAX_LISTENERS;
 
 /// Default number of worker threads of [`ThreadPool::default`].
 pub const DEFAULT_WORKERS: usize = 8;
 /// Default for [`ThreadPool::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
-const LISTENER: Token = Token(0);
-const SHUTDOWN: Token = Token(1);
-const WAKER: Token = Token(2);
-const FIRST_CONN: usize = 3;
+const SHUTDOWN: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+/// Listener `i` has token `FIRST_LISTENER - i`: from the top, far from the connections'.
+const FIRST_LISTENER: usize = usize::MAX;
 /// With more connections open than this, a connection that parks between requests lends its
 /// buffers at once; with fewer, each keeps its own until a sweep finds it idle, which spares a
 /// busy keep-alive connection the exchange.
@@ -267,15 +269,14 @@ impl Runner for ThreadPool {
     }
 
     fn run(self: Box<Self>, server: Serving) -> Result<()> {
-        let Serving { listener, ctx } = server;
-        listener.set_nonblocking(true)?;
+        let Serving { listeners, ctx } = server;
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&ctx.shutdown.wake_fd()), SHUTDOWN, Interest::READABLE)?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let poller = Poller {
             poll,
             events: Events::with_capacity(256),
-            listener: Some(listener),
+            listeners: Some(listeners),
             listening: false,
             gate: AcceptGate::default(),
             stopping: false,
@@ -382,8 +383,8 @@ struct Poller {
     poll: Poll,
     events: Events,
     /// `None` once the pool stops accepting for good.
-    listener: Option<Listener>,
-    /// Whether the listener is in the poll set.
+    listeners: Option<Listeners>,
+    /// Whether the listeners are in the poll set.
     listening: bool,
     gate: AcceptGate,
     /// The graceful stop has begun.
@@ -429,8 +430,8 @@ impl Poller {
             let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(shared),
                     SHUTDOWN | WAKER => {}
+                    Token(t) if t > FIRST_LISTENER - MAX_LISTENERS => self.accept(shared, FIRST_LISTENER - t),
                     Token(t) => self.on_ready(shared, t - FIRST_CONN),
                 }
             }
@@ -458,12 +459,16 @@ impl Poller {
     fn begin_stop(&mut self, shared: &Shared) {
         self.stopping = true;
         shared.watch_closes.store(true, Ordering::SeqCst);
-        if self.listener.is_some() {
-            self.accept(shared);
+        if let Some(listeners) = &self.listeners {
+            for index in 0..listeners.len() {
+                self.accept(shared, index);
+            }
         }
-        if let Some(listener) = self.listener.take() {
+        if let Some(listeners) = self.listeners.take() {
             if self.listening {
-                let _ = self.poll.registry().deregister(&mut SourceFd(&listener.as_raw_fd()));
+                for fd in listeners.fds() {
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                }
             }
         }
         self.listening = false;
@@ -478,37 +483,46 @@ impl Poller {
     /// Puts the listener in the poll set, or takes it out, as the connection cap and the accept
     /// gate say.
     fn update_listener(&mut self, shared: &Shared) -> io::Result<()> {
-        let Some(listener) = &self.listener else { return Ok(()) };
+        let Some(listeners) = &self.listeners else { return Ok(()) };
         let at_cap = shared.open.load(Ordering::SeqCst) >= shared.slots.len();
         let wanted = !at_cap && self.gate.is_open(Instant::now());
         shared.watch_closes.store(at_cap || self.stopping, Ordering::SeqCst);
         if wanted == self.listening {
             return Ok(());
         }
-        let mut fd = SourceFd(&listener.as_raw_fd());
+        let count = listeners.len();
+        for index in 0..count {
+            let fd = listeners.fd(index);
+            let mut source = SourceFd(&fd);
+            if wanted {
+                self.poll.registry().register(&mut source, Token(FIRST_LISTENER - index), Interest::READABLE)?;
+            } else {
+                self.poll.registry().deregister(&mut source)?;
+            }
+        }
+        self.listening = wanted;
         if wanted {
-            self.poll.registry().register(&mut fd, LISTENER, Interest::READABLE)?;
-            self.listening = true;
-            // Clients may have queued in the backlog meanwhile, and no new edge will announce them.
-            self.accept(shared);
-        } else {
-            self.poll.registry().deregister(&mut fd)?;
-            self.listening = false;
+            // Clients may have queued in the backlogs meanwhile, and no new edge will announce them.
+            for index in 0..count {
+                self.accept(shared, index);
+            }
         }
         Ok(())
     }
 
-    fn accept(&mut self, shared: &Shared) {
+    /// Accepts what listener `index` has, up to the connection cap.
+    fn accept(&mut self, shared: &Shared, index: usize) {
+        let listener_index = index;
         loop {
-            let Some(listener) = &self.listener else { return };
+            let Some(listeners) = &self.listeners else { return };
             if !self.gate.is_open(Instant::now()) {
                 return;
             }
             let free = shared.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
             // At the cap: new clients wait in the backlog until a connection closes.
             let Some(index) = free else { return };
-            match listener.accept() {
-                Ok((stream, peer)) => {
+            match listeners.accept(listener_index) {
+                Ok((stream, peer, local)) => {
                     self.gate.accepted(&shared.ctx);
                     let fd = stream.as_raw_fd();
                     let token = Token(index + FIRST_CONN);
@@ -519,7 +533,7 @@ impl Poller {
                     }
                     shared.open.fetch_add(1, Ordering::SeqCst);
                     let buffered = shared.ctx.config.buffered_body;
-                    let mut conn = Box::new(Conn::new(stream, peer, Arc::clone(&shared.ctx), buffered));
+                    let mut conn = Box::new(Conn::new(stream, peer, local, Arc::clone(&shared.ctx), buffered));
                     if self.stopping {
                         conn.begin_stop();
                     }

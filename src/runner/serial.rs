@@ -36,8 +36,8 @@ impl Runner for Serial {
     }
 
     fn run(self: Box<Self>, server: Serving) -> Result<()> {
-        let Serving { listener, ctx } = server;
-        listener.set_nonblocking(true)?;
-        super::accept_loop(&listener, &ctx, None, || false, || {}, |stream, peer| serve_connection(stream, peer, &ctx))
+        let Serving { listeners, ctx } = server;
+        let serve = |stream, peer, local: &_| serve_connection(stream, peer, local, &ctx);
+        super::accept_loop(&listeners, &ctx, None, || false, || {}, serve)
     }
 }

@@ -69,24 +69,24 @@ impl Runner for Threaded {
     }
 
     fn run(self: Box<Self>, server: Serving) -> Result<()> {
-        let Serving { listener, ctx } = server;
-        listener.set_nonblocking(true)?;
+        let Serving { listeners, ctx } = server;
         let live = Arc::new(AtomicUsize::new(0));
         let freed = Arc::new(WakePipe::new()?);
         let at_cap = || live.load(Ordering::SeqCst) >= self.max_connections;
         super::accept_loop(
-            &listener,
+            &listeners,
             &ctx,
             Some(&freed),
             at_cap,
             || {},
-            |stream, peer| {
+            |stream, peer, local| {
                 live.fetch_add(1, Ordering::SeqCst);
                 let slot = Slot { live: Arc::clone(&live), freed: Arc::clone(&freed) };
                 let conn_ctx = Arc::clone(&ctx);
+                let local = local.clone();
                 let spawned = std::thread::Builder::new().name("sgi-conn".into()).spawn(move || {
                     let _slot = slot;
-                    serve_connection(stream, peer, &conn_ctx);
+                    serve_connection(stream, peer, &local, &conn_ctx);
                 });
                 if let Err(e) = spawned {
                     ctx.config.log(&format!("cannot start a connection thread: {e}"));
@@ -95,7 +95,7 @@ impl Runner for Threaded {
         )?;
         // Graceful stop: no more accepting; idle connections saw the shutdown pipe and close;
         // requests in progress get until the grace period ends.
-        drop(listener);
+        drop(listeners);
         let deadline = Instant::now() + ctx.config.graceful_timeout;
         while live.load(Ordering::SeqCst) > 0 {
             let left = deadline.saturating_duration_since(Instant::now());

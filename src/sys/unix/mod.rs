@@ -45,8 +45,8 @@ pub(crate) fn write_byte(fd: &impl AsRawFd) {
 /// Waits until one of `fds` is readable (or hung up), or `timeout` passes. Returns the index of
 /// the first ready descriptor, `None` on timeout. Retries on `EINTR` with the time that is left.
 pub(crate) fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Option<usize>> {
-    let mut pollfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
-    assert!(fds.len() <= pollfds.len(), "wait_readable takes at most four descriptors");
+    let mut pollfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 64];
+    assert!(fds.len() <= pollfds.len(), "wait_readable takes at most 64 descriptors");
     for (p, &fd) in pollfds.iter_mut().zip(fds) {
         *p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     }
