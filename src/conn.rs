@@ -120,12 +120,11 @@ impl<S: Transport> Conn<S> {
     /// Drives the connection until it closes or, outside blocking mode, until the socket would
     /// block (or, in poller mode, a worker is needed).
     pub(crate) fn drive(&mut self, mode: Mode) -> Step {
-        if mode != Mode::Poller {
-            if let Some(req) = self.ready.take() {
-                self.exchange(req);
-            }
-        }
-        let mut now = Instant::now();
+        let ready = if mode == Mode::Poller { None } else { self.ready.take() };
+        let mut now = match ready {
+            Some(req) => self.exchange(req),
+            None => Instant::now(),
+        };
         loop {
             // Reads and writes do not block here, so the clock is read again only after what
             // may take time: the handler, a body pull, a blocking wait.
@@ -138,14 +137,14 @@ impl<S: Transport> Conn<S> {
                     self.ready = Some(req);
                     return Step::Work;
                 }
-                Next::Request(req) => {
-                    self.exchange(req);
-                    now = Instant::now();
-                }
+                Next::Request(req) => now = self.exchange(req),
                 Next::Body | Next::Write(_) if mode == Mode::Poller => return Step::Work,
                 Next::Body => {
                     self.pull_body(now);
-                    now = Instant::now();
+                    if self.body.is_some() {
+                        // A stream may take its time to produce its next chunk.
+                        now = Instant::now();
+                    }
                 }
                 Next::Write(deadline) => {
                     if let Some(step) = self.write(mode, deadline, now) {
