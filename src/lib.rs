@@ -58,7 +58,8 @@
 //! requests in progress finish (their responses say `Connection: close`) and makes
 //! [`Server::serve`] return. A connection idle in keep-alive when the stop begins is not cut
 //! under a request that may already be on its way: it waits half a second more, answers a
-//! request that comes in that time (with `Connection: close`), then closes. A closed-loop client
+//! request that comes in that time (with `Connection: close`), then closes; a head still
+//! arriving gets the same grace, then `408`. A closed-loop client
 //! therefore never loses a request to a stop; a client idle longer sees a clean close between
 //! requests, which HTTP clients retry.
 //!

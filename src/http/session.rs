@@ -558,12 +558,15 @@ impl Session {
 
     #[inline]
     fn head_deadline(&self) -> Option<Instant> {
-        if let Some(t0) = self.head_started {
-            return Some(t0 + self.config.header_timeout?);
-        }
-        let idle = self.config.keepalive_timeout.map(|t| self.idle_since + t);
-        let grace = self.stopping.map(|t| t.max(self.idle_since) + STOP_GRACE);
-        match (idle, grace) {
+        // During a stop, a head (or the wait for one) gets the grace, from the stop or from its
+        // own start if later: a client that trickles cannot hold a stopping server up.
+        let since = self.head_started.unwrap_or(self.idle_since);
+        let grace = self.stopping.map(|t| t.max(since) + STOP_GRACE);
+        let own = match self.head_started {
+            Some(t0) => self.config.header_timeout.map(|t| t0 + t),
+            None => self.config.keepalive_timeout.map(|t| self.idle_since + t),
+        };
+        match (own, grace) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

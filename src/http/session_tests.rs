@@ -713,3 +713,19 @@ fn the_fuzz_driver_accepts_every_fixture_with_every_handler_behaviour() {
         }
     }
 }
+
+#[test]
+fn a_head_still_trickling_at_a_stop_gets_408_after_the_grace() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut wire = Wire::new(vec![b"GET / HTTP/1.1\r\nHo".to_vec()]);
+    wire.half_close = false;
+    let t0 = wire.now;
+    let mut s = session(config(&log), 0, t0);
+    assert!(matches!(s.poll(t0), Next::Read { idle: true, .. }));
+    wire.read(&mut s, None);
+    assert!(matches!(s.poll(t0), Next::Read { idle: false, .. }));
+    s.begin_stop(t0);
+    pump(&mut s, &mut wire, &hello());
+    assert_eq!(parse_responses(&wire.written, &[])[0].status, 408);
+    assert_eq!(wire.now - t0, STOP_GRACE, "not the 20 s header timeout");
+}
