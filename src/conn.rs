@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::body::Body;
 use crate::config::Config;
@@ -102,9 +102,9 @@ impl<S: Transport> Conn<S> {
         self.session.next_deadline()
     }
 
-    /// Lends the session's buffers to `pool` while it is idle.
-    pub(crate) fn release_buffers(&mut self, pool: &BufferPool) {
-        self.session.release_buffers(pool);
+    /// Lends the session's buffers to `pool` if it has been idle for at least `idle_for`.
+    pub(crate) fn release_buffers(&mut self, pool: &BufferPool, now: Instant, idle_for: Duration) {
+        self.session.release_buffers(pool, now, idle_for);
     }
 
     /// Takes buffers back from `pool` before driving a session that lent its own.

@@ -472,9 +472,10 @@ impl Session {
             && self.rbuf.data.capacity() > 0
     }
 
-    /// Hands the buffers to `pool` while the session is idle (a parked keep-alive connection).
-    pub(crate) fn release_buffers(&mut self, pool: &BufferPool) {
-        if !self.is_idle() {
+    /// Hands the buffers to `pool` if the session has been idle (a parked keep-alive
+    /// connection) for at least `idle_for` at `now`.
+    pub(crate) fn release_buffers(&mut self, pool: &BufferPool, now: Instant, idle_for: Duration) {
+        if !self.is_idle() || now.saturating_duration_since(self.idle_since) < idle_for {
             return;
         }
         self.rbuf.clear();

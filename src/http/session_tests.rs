@@ -28,6 +28,8 @@ struct Wire {
     /// The client stops reading: writes take nothing.
     reader_stalled: bool,
     shut_down: bool,
+    /// [`pump`] returns as soon as the session waits idle for its next request.
+    stop_when_idle: bool,
 }
 
 impl Wire {
@@ -43,6 +45,7 @@ impl Wire {
             now: Instant::now(),
             reader_stalled: false,
             shut_down: false,
+            stop_when_idle: false,
         }
     }
 
@@ -216,7 +219,10 @@ fn pump(session: &mut Session, wire: &mut Wire, handler: &dyn Handler) -> Run {
                     return run;
                 }
             }
-            Next::Read { deadline, .. } => {
+            Next::Read { deadline, idle } => {
+                if idle && wire.stop_when_idle && !wire.written.is_empty() {
+                    return run;
+                }
                 if !wire.read(session, deadline) {
                     run.stuck = true;
                     return run;
@@ -728,4 +734,29 @@ fn a_head_still_trickling_at_a_stop_gets_408_after_the_grace() {
     pump(&mut s, &mut wire, &hello());
     assert_eq!(parse_responses(&wire.written, &[])[0].status, 408);
     assert_eq!(wire.now - t0, STOP_GRACE, "not the 20 s header timeout");
+}
+
+#[test]
+fn an_idle_session_lends_its_buffers_and_takes_them_back() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let pool = BufferPool::new(4);
+    let mut wire = Wire::new(vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()]);
+    wire.half_close = false;
+    wire.stop_when_idle = true;
+    let t0 = wire.now;
+    let mut s = session(config(&log), 0, t0);
+    pump(&mut s, &mut wire, &hello());
+    assert!(s.rbuf.data.capacity() > 0);
+    s.release_buffers(&pool, t0, Duration::from_secs(1));
+    assert!(s.rbuf.data.capacity() > 0, "not idle long enough: kept");
+    s.release_buffers(&pool, t0 + Duration::from_secs(1), Duration::from_secs(1));
+    assert_eq!(s.rbuf.data.capacity(), 0, "idle a second: lent");
+    assert_eq!(pool.spare.lock().unwrap().len(), 1);
+    s.reclaim_buffers(&pool);
+    assert!(s.rbuf.data.capacity() > 0 && pool.spare.lock().unwrap().is_empty(), "taken back");
+    // And it still serves.
+    wire.pieces.push(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+    wire.written.clear();
+    pump(&mut s, &mut wire, &hello());
+    assert_eq!(parse_responses(&wire.written, &[])[0].body, b"hi");
 }

@@ -31,9 +31,12 @@ const FIRST_CONN: usize = 2;
 /// Listener `i` has token `FIRST_LISTENER - i`: from the top, far from the connections'.
 const FIRST_LISTENER: usize = usize::MAX;
 /// With more connections open than this, a connection that parks between requests lends its
-/// buffers at once; with fewer, each keeps its own until a sweep finds it idle, which spares a
-/// busy keep-alive connection the exchange.
+/// buffers at once (memory first); with fewer, it keeps them until it has been idle for
+/// [`LEND_AFTER_IDLE`]. A busy keep-alive connection then never takes the buffer set's lock,
+/// which on a loaded core is what stalls: a lock holder preempted for a time slice.
 const LEND_AT_PARK_ABOVE: usize = 256;
+/// How long a parked connection sits idle before a sweep takes its buffers.
+const LEND_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// How often parked connections are checked for their deadlines while any is open.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -242,7 +245,7 @@ impl Shared {
             conn.begin_stop();
         }
         if self.open.load(Ordering::Relaxed) > LEND_AT_PARK_ABOVE {
-            conn.release_buffers(&self.buffers);
+            conn.release_buffers(&self.buffers, Instant::now(), Duration::ZERO);
         }
         let mut slot = self.slot(index);
         if std::mem::take(&mut slot.pending) {
@@ -591,9 +594,8 @@ impl Poller {
     }
 
     /// Acts on the deadlines of parked connections: a head or body that did not come in time
-    /// gets `408`, an idle connection closes, a stalled write is dropped. Parked connections
-    /// idle between requests lend their buffers to the pool meanwhile: done here, every sweep,
-    /// rather than at each park, so that a busy keep-alive connection keeps its own.
+    /// gets `408`, an idle connection closes, a stalled write is dropped. Connections parked
+    /// idle for [`LEND_AFTER_IDLE`] lend their buffers to the pool meanwhile.
     fn sweep(&mut self, shared: &Shared) {
         let now = Instant::now();
         for index in 0..shared.slots.len() {
@@ -602,7 +604,7 @@ impl Poller {
                 match &mut slot.conn {
                     Some(conn) if conn.next_deadline().is_some_and(|t| t <= now) => slot.conn.take(),
                     Some(conn) => {
-                        conn.release_buffers(&shared.buffers);
+                        conn.release_buffers(&shared.buffers, now, LEND_AFTER_IDLE);
                         None
                     }
                     None => None,
