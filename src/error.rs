@@ -4,7 +4,7 @@ use std::io;
 
 /// The runner names, kept here so that the error type depends on nothing above it;
 /// [`crate::runner::NAMES`] re-exports it.
-pub(crate) const RUNNER_NAMES: &[&str] = &["serial", "threads", "pool", "fork"];
+pub(crate) const RUNNER_NAMES: &[&str] = &["serial", "threads", "pool", "fork", "event"];
 
 /// Why a request could not be accepted: a `Copy` value with one status mapping ([`ParseError::status`]).
 ///

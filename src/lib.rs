@@ -41,8 +41,9 @@
 //! | [`runner::Threaded`] | a thread per connection | live connections, bounded | a thread | sharing state across threads |
 //! | [`runner::ThreadPool`] (default) | N workers taking turns at watching connections; heads (and small bodies) buffered before a worker is committed, slow readers parked | N requests | under 2 KiB | sharing state across threads |
 //! | [`runner::Forking`] | a child process per connection | live children, bounded | a process | nothing: each child has its own copy |
+//! | [`runner::EventLoop`] | N readiness loops, handlers run on them (a blocking handler stalls its loop) | N requests | under 2 KiB | sharing state across loops |
 //!
-//! Pick by name with [`runner::by_name`] (`serial`, `threads`, `pool`, `fork`). The README has
+//! Pick by name with [`runner::by_name`] (`serial`, `threads`, `pool`, `fork`, `event`). The README has
 //! measured figures for each on the same handlers.
 //!
 //! # Limits and defaults

@@ -8,11 +8,13 @@
 //! one when accepting works again. Retrying at once would spin without ever getting back to the
 //! connections whose closing frees the descriptors.
 
+mod event;
 mod fork;
 mod pool;
 mod serial;
 mod threaded;
 
+pub use event::{EventLoop, DEFAULT_EVENT_MAX_CONNECTIONS};
 pub use fork::{Forking, DEFAULT_MAX_CHILDREN};
 pub use pool::{ThreadPool, DEFAULT_MAX_CONNECTIONS, DEFAULT_WORKERS};
 pub use serial::Serial;
@@ -62,8 +64,8 @@ impl Runner for Box<dyn Runner> {
 impl private::Sealed for Box<dyn Runner> {}
 
 /// Makes a runner from its name, for `--runner NAME` command lines. `workers` is the runner's
-/// concurrency knob: pool threads for `pool`, the maximum of live connections for `threads` and of
-/// live children for `fork`; `serial` ignores it.
+/// concurrency knob: pool threads for `pool`, event loops for `event`, the maximum of live
+/// connections for `threads` and of live children for `fork`; `serial` ignores it.
 ///
 /// # Errors
 /// [`Error::UnknownRunner`] for a name not in [`NAMES`].
@@ -80,6 +82,7 @@ pub fn by_name(name: &str, workers: usize) -> Result<Box<dyn Runner>> {
         "threads" => Ok(Box::new(Threaded::new(workers))),
         "pool" => Ok(Box::new(ThreadPool::new(workers))),
         "fork" => Ok(Box::new(Forking::new(workers))),
+        "event" => Ok(Box::new(EventLoop::new(workers))),
         other => Err(Error::UnknownRunner(other.into())),
     }
 }

@@ -541,7 +541,8 @@ pub(crate) fn handler_error(rt: Runner) {
 pub(crate) fn flags(rt: Runner) {
     let expected = match rt.name {
         "serial" => "multithread=false multiprocess=false run_once=false",
-        "threads" | "pool" => "multithread=true multiprocess=false run_once=false",
+        // `event` runs with 2 loops here.
+        "threads" | "pool" | "event" => "multithread=true multiprocess=false run_once=false",
         "fork" => "multithread=false multiprocess=true run_once=false",
         other => panic!("no expectation for runner {other}"),
     };

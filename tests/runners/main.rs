@@ -133,3 +133,13 @@ suite!(fork, 64, 8, ListenerClose::AtSignal, {
         conformance::slowloris_does_not_stall_others(RUNNER);
     }
 });
+
+// Two loops: handlers run on them, so a slow handler holds its loop (the tests' `/slow` and
+// streams hold one of two). The listeners are shared by the loops and close once every loop has
+// seen the stop: after a stream in flight on one of them, as on serial.
+suite!(event, 2, 8, ListenerClose::AfterInFlight, {
+    #[test]
+    fn slowloris_does_not_stall_others() {
+        conformance::slowloris_does_not_stall_others(RUNNER);
+    }
+});
