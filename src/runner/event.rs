@@ -26,6 +26,9 @@ const SHUTDOWN: Token = Token(0);
 const FIRST_LISTENER: usize = usize::MAX;
 /// How often a loop checks its connections' deadlines while it has any.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// With more connections than this on a loop, a connection lends its buffers as soon as it
+/// waits between requests; with fewer, once it has been idle for [`LEND_AFTER_IDLE`].
+const LEND_AT_PARK_ABOVE: usize = 256;
 /// A connection idle this long lends its buffers to its loop's set.
 const LEND_AFTER_IDLE: Duration = Duration::from_secs(1);
 
@@ -340,6 +343,7 @@ impl EventLoopThread {
 
     /// Drives a connection as far as its socket allows.
     fn drive(&mut self, slot: usize) {
+        let many = self.open() > LEND_AT_PARK_ABOVE;
         let Some(Some(conn)) = self.conns.get_mut(slot) else { return };
         conn.reclaim_buffers(&self.buffers);
         if conn.drive(Mode::Worker) == Step::Closed {
@@ -347,6 +351,9 @@ impl EventLoopThread {
             self.conns[slot] = None;
             self.free.push(slot);
             self.open.fetch_sub(1, Ordering::Relaxed);
+        } else if many {
+            // Many connections: an idle one holds no buffers from the moment it parks.
+            conn.release_buffers(&self.buffers, Instant::now(), Duration::ZERO);
         }
     }
 
