@@ -667,7 +667,8 @@ impl Session {
                 }
             },
             Phase::Buffering(x) => {
-                let Framing::Length(n) = x.req.framing else { unreachable!("only length bodies are buffered") };
+                // Only `Content-Length` bodies are buffered, and none of it is decoded yet.
+                let n = x.decoder.remaining_length().unwrap_or(0);
                 if self.rbuf.filled().len() as u64 >= n {
                     let Phase::Buffering(x) = std::mem::replace(&mut self.phase, Phase::Head) else { unreachable!() };
                     let req = x.req;
