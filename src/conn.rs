@@ -1,8 +1,8 @@
 //! The connection pump: drives one [`Session`] over one transport, calling the handler when the
-//! session has a request and pulling the response body when it asks for one. Every runner but
-//! the event loop uses it; they differ only in what happens when the socket would block: a
-//! blocking runner waits (until the session's deadline), a pool worker or poller parks the
-//! connection. HTTP itself is entirely the session's business.
+//! session has a request and pulling the response body when it asks for one. Every runner uses
+//! it; they differ only in what happens when the socket would block (a blocking runner waits
+//! until the session's deadline, the others park the connection) and in which thread runs the
+//! handler. HTTP itself is entirely the session's business.
 
 use std::io;
 use std::io::IoSlice;
@@ -43,6 +43,14 @@ pub(crate) enum Mode {
     /// Hand the connection back, and stop as soon as it needs a worker: a request to run, a
     /// body to pull or a response to write (the pool's poller, which only reads).
     Poller,
+    /// An event loop: do all the reading and writing, park when the socket would block. With
+    /// `handlers`, also run requests whose body is all in hand and pull response bodies; stop
+    /// (`Step::Work`) for everything else, which may block: a request whose body the handler
+    /// will wait for, and, without `handlers`, every request and every body pull.
+    Loop { handlers: bool },
+    /// An event loop's offload thread: run the request, pull the body, and hand the connection
+    /// back to its loop (`Step::Park`) as soon as it needs to read or write.
+    Offload,
 }
 
 /// Where [`Conn::drive`] left the connection.
@@ -120,7 +128,7 @@ impl<S: Transport> Conn<S> {
     /// Drives the connection until it closes or, outside blocking mode, until the socket would
     /// block (or, in poller mode, a worker is needed).
     pub(crate) fn drive(&mut self, mode: Mode) -> Step {
-        let ready = if mode == Mode::Poller { None } else { self.ready.take() };
+        let ready = if matches!(mode, Mode::Poller | Mode::Loop { .. }) { None } else { self.ready.take() };
         let mut now = match ready {
             Some(req) => self.exchange(req),
             None => Instant::now(),
@@ -137,8 +145,21 @@ impl<S: Transport> Conn<S> {
                     self.ready = Some(req);
                     return Step::Work;
                 }
+                Next::Request(req) if mode == (Mode::Loop { handlers: false }) => {
+                    self.ready = Some(req);
+                    return Step::Work;
+                }
+                Next::Request(req) if mode == (Mode::Loop { handlers: true }) && !self.session.body_in_hand() => {
+                    self.ready = Some(req);
+                    return Step::Work;
+                }
                 Next::Request(req) => now = self.exchange(req),
                 Next::Body | Next::Write(_) if mode == Mode::Poller => return Step::Work,
+                Next::Body if mode == (Mode::Loop { handlers: false }) => return Step::Work,
+                Next::Write(_) if mode == Mode::Offload => return Step::Park(Interest::Writable),
+                Next::Read { .. } | Next::ShutdownWrite if mode == Mode::Offload => {
+                    return Step::Park(Interest::Readable)
+                }
                 Next::Body => {
                     self.pull_body(now);
                     if self.body.is_some() {
@@ -181,7 +202,7 @@ impl<S: Transport> Conn<S> {
                     wait(stream, session, Interest::Readable, None, deadline, &ctx.shutdown);
                     None
                 }
-                Mode::Worker | Mode::Poller => Some(Step::Park(Interest::Readable)),
+                _ => Some(Step::Park(Interest::Readable)),
             },
             _ => None,
         }
@@ -196,7 +217,7 @@ impl<S: Transport> Conn<S> {
                     wait(stream, session, Interest::Writable, None, deadline, &ctx.shutdown);
                     None
                 }
-                Mode::Worker | Mode::Poller => Some(Step::Park(Interest::Writable)),
+                _ => Some(Step::Park(Interest::Writable)),
             },
             _ => None,
         }

@@ -94,6 +94,7 @@ mod environ;
 mod error;
 mod handler;
 mod http;
+mod limits;
 mod net;
 #[doc(hidden)]
 pub mod private;
@@ -114,5 +115,6 @@ pub use config::{
 pub use environ::{Environ, ErrorStream, Extensions, Input, RunnerFlags};
 pub use error::{BindError, Error, ParseError, Result};
 pub use handler::{handler_fn, BoxError, Handler, Response, StartError, StartResponse, Started};
+pub use limits::raise_fd_limit;
 pub use server::{Server, DEFAULT_BACKLOG, MAX_LISTENERS};
 pub use shutdown::ShutdownHandle;

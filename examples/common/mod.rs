@@ -1,4 +1,4 @@
-//! Command-line options every example takes: `--bind ADDR` and `--runner NAME`.
+//! Command-line options every example takes: `--bind ADDR`, `--runner NAME` and the runner's knobs.
 
 use std::process::exit;
 
@@ -10,13 +10,14 @@ pub struct Options {
     pub keep_alive: Option<std::time::Duration>,
 }
 
-/// Parses `--bind ADDR --runner NAME --workers N --max-connections N --keep-alive SECONDS`
-/// (defaults: 127.0.0.1:8000, pool, 4, the runner's cap, the library's timeout); exits with a
-/// usage message on anything else.
+/// Parses `--bind ADDR --runner NAME --workers N --threads M --max-connections N --keep-alive
+/// SECONDS` (defaults: 127.0.0.1:8000, pool, 4, the runner's own, the runner's cap, the library's
+/// timeout); exits with a usage message on anything else.
 pub fn options(example: &str) -> Options {
     let mut bind = "127.0.0.1:8000".to_string();
     let mut runner = "pool".to_string();
     let mut workers = 4usize;
+    let mut threads = None;
     let mut max_connections = None;
     let mut keep_alive = None;
     let mut args = std::env::args().skip(1);
@@ -27,6 +28,10 @@ pub fn options(example: &str) -> Options {
             "--runner" => runner = value("--runner"),
             "--workers" => {
                 workers = value("--workers").parse().unwrap_or_else(|_| usage(example, "--workers takes a number"))
+            }
+            "--threads" => {
+                let n = value("--threads").parse().unwrap_or_else(|_| usage(example, "--threads takes a number"));
+                threads = Some(n);
             }
             "--max-connections" => {
                 let n = value("--max-connections")
@@ -43,9 +48,17 @@ pub fn options(example: &str) -> Options {
             other => usage(example, &format!("unknown argument {other:?}")),
         }
     }
-    let runner: Box<dyn sgi::runner::Runner> = match (runner.as_str(), max_connections) {
-        ("pool", Some(max)) => Box::new(sgi::runner::ThreadPool::new(workers).max_connections(max)),
-        (_, Some(_)) => usage(example, "--max-connections is for the pool runner"),
+    let runner: Box<dyn sgi::runner::Runner> = match (runner.as_str(), threads, max_connections) {
+        ("pool", None, Some(max)) => Box::new(sgi::runner::ThreadPool::new(workers).max_connections(max)),
+        ("event", threads, max) => {
+            let mut event = sgi::runner::EventLoop::new(workers).threads(threads.unwrap_or(0));
+            if let Some(max) = max {
+                event = event.max_connections(max);
+            }
+            Box::new(event)
+        }
+        (_, Some(_), _) => usage(example, "--threads is for the event runner"),
+        (_, _, Some(_)) => usage(example, "--max-connections is for the pool and event runners"),
         _ => sgi::runner::by_name(&runner, workers).unwrap_or_else(|e| usage(example, &e.to_string())),
     };
     Options { bind, runner, keep_alive }
@@ -57,7 +70,7 @@ fn usage(example: &str, problem: &str) -> ! {
     }
     eprintln!(
         "usage: cargo run --release --example {example} -- [--bind ADDR] [--runner NAME] [--workers N] \
-         [--max-connections N] [--keep-alive SECONDS]\n  runners: {}",
+         [--threads M] [--max-connections N] [--keep-alive SECONDS]\n  runners: {}",
         sgi::runner::NAMES.join(", ")
     );
     exit(if problem.is_empty() { 0 } else { 2 })
@@ -72,6 +85,10 @@ pub fn serve(example: &str, handler: impl sgi::Handler) {
 /// [`serve`] with a configuration of the example's choosing.
 pub fn serve_with(example: &str, config: sgi::Config, handler: impl sgi::Handler) {
     let options = options(example);
+    // One descriptor per connection: take all the process may have.
+    if let Err(e) = sgi::raise_fd_limit() {
+        eprintln!("warning: cannot raise the descriptor limit: {e}");
+    }
     let server = sgi::Server::listen(&options.bind).unwrap_or_else(|e| fail(&e));
     let url = match server.local_addr() {
         Ok(addr) => format!("http://{addr}/"),

@@ -513,6 +513,16 @@ impl Session {
         matches!(&self.phase, Phase::Exchange(Exchange { response: Response::Streaming { .. }, .. }))
     }
 
+    /// Whether the body of the request being served is all in the read buffer (or there is
+    /// none), so that `wsgi.input` can be read to the end without waiting on the network.
+    pub(crate) fn body_in_hand(&self) -> bool {
+        let Phase::Exchange(x) = &self.phase else { return true };
+        if x.continue_pending {
+            return false;
+        }
+        x.decoder.remaining_length().is_some_and(|n| self.rbuf.filled().len() as u64 >= n)
+    }
+
     /// Whether the connection is still usable (not closed after a failure).
     #[inline]
     pub(crate) fn is_open(&self) -> bool {

@@ -760,3 +760,24 @@ fn an_idle_session_lends_its_buffers_and_takes_them_back() {
     pump(&mut s, &mut wire, &hello());
     assert_eq!(parse_responses(&wire.written, &[])[0].body, b"hi");
 }
+
+#[test]
+fn a_body_is_in_hand_once_all_of_it_is_buffered_and_never_while_a_continue_is_owed() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let now = Instant::now();
+    let cases: [(&[u8], u64, bool); 5] = [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0, true),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", 0, true),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc", 0, false),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n", 0, false),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 0, false),
+    ];
+    for (bytes, buffered, in_hand) in cases {
+        let mut s = session(config(&log), buffered, now);
+        let buf = s.read_buf();
+        buf[..bytes.len()].copy_from_slice(bytes);
+        s.received(bytes.len(), now);
+        assert!(matches!(s.poll(now), Next::Request(_)), "{}", String::from_utf8_lossy(bytes));
+        assert_eq!(s.body_in_hand(), in_hand, "{}", String::from_utf8_lossy(bytes));
+    }
+}

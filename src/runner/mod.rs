@@ -11,10 +11,11 @@
 mod event;
 mod fork;
 mod pool;
+mod queue;
 mod serial;
 mod threaded;
 
-pub use event::{EventLoop, DEFAULT_EVENT_MAX_CONNECTIONS};
+pub use event::EventLoop;
 pub use fork::{Forking, DEFAULT_MAX_CHILDREN};
 pub use pool::{ThreadPool, DEFAULT_MAX_CONNECTIONS, DEFAULT_WORKERS};
 pub use serial::Serial;

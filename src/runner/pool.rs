@@ -1,7 +1,6 @@
 //! The thread-pool runner: a fixed set of worker threads that take turns watching every
 //! connection (leader/followers) and run the handler.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,6 +11,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::private::{Sealed, Serving};
+use super::queue::{Turn, WorkQueue};
 use super::{AcceptGate, Runner};
 use crate::conn::{Conn, Mode, ServeContext, Step};
 use crate::environ::RunnerFlags;
@@ -127,83 +127,10 @@ struct Slot {
     pending: bool,
 }
 
-/// The queue between leaders and workers, and the leadership itself.
-struct Queue {
-    state: Mutex<QueueState>,
-    /// Signalled when a job is queued, the leadership is free, or the pool closes.
-    changed: Condvar,
-}
-
-struct QueueState {
-    jobs: VecDeque<Job>,
-    /// Workers waiting: a change wakes one only when one waits.
-    idle: usize,
-    /// Whether a worker is leading (waiting for readiness).
-    leading: bool,
-    /// No more jobs will come: workers exit once the queue is empty.
-    closed: bool,
-}
-
-/// What a worker does next.
-enum Turn {
-    Work(Job),
-    Lead,
-    Exit,
-}
-
-impl Queue {
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits for a job, or for the leadership to be free.
-    fn next_turn(&self) -> Turn {
-        let mut state = self.lock();
-        loop {
-            if let Some(job) = state.jobs.pop_front() {
-                return Turn::Work(job);
-            }
-            if state.closed {
-                return Turn::Exit;
-            }
-            if !state.leading {
-                state.leading = true;
-                return Turn::Lead;
-            }
-            state.idle += 1;
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
-            state.idle -= 1;
-        }
-    }
-
-    /// Ends a turn as leader: queues the jobs it found, frees the leadership, wakes idle
-    /// workers (one to lead and one per queued job), and returns the oldest job for the leader
-    /// itself. Oldest first: a leader that served what it just found before what earlier leaders
-    /// queued would make the queued requests wait behind newer ones (the tail latency).
-    fn end_lead(&self, jobs: impl Iterator<Item = Job>) -> Option<Job> {
-        let mut state = self.lock();
-        state.jobs.extend(jobs);
-        state.leading = false;
-        let mine = state.jobs.pop_front();
-        let wake = state.idle.min(state.jobs.len() + 1);
-        drop(state);
-        for _ in 0..wake {
-            self.changed.notify_one();
-        }
-        mine
-    }
-
-    /// Lets the workers finish what is queued, then exit.
-    fn close(&self) {
-        self.lock().closed = true;
-        self.changed.notify_all();
-    }
-}
-
 /// What the workers share.
 struct Shared {
     ctx: Arc<ServeContext>,
-    queue: Queue,
+    queue: WorkQueue<Job>,
     /// The readiness poller and the listener, used by whichever worker leads.
     poller: Mutex<Poller>,
     slots: Vec<Mutex<Slot>>,
@@ -289,10 +216,7 @@ impl Runner for ThreadPool {
         };
         let shared = Arc::new(Shared {
             ctx: Arc::clone(&ctx),
-            queue: Queue {
-                state: Mutex::new(QueueState { jobs: VecDeque::new(), idle: 0, leading: false, closed: false }),
-                changed: Condvar::new(),
-            },
+            queue: WorkQueue::with_leadership(),
             poller: Mutex::new(poller),
             slots: (0..self.max_connections).map(|_| Mutex::default()).collect(),
             free: Mutex::new((0..self.max_connections).rev().collect()),

@@ -80,14 +80,27 @@ fn testbed_binary() -> &'static Path {
     })
 }
 
-/// A runner to test: its name for `--runner` and its `--workers`.
+/// A runner to test: its name for `--runner`, its `--workers`, and more options of its own.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Runner {
     pub(crate) name: &'static str,
     pub(crate) workers: usize,
+    pub(crate) options: &'static [&'static str],
+}
+
+impl std::fmt::Display for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)?;
+        self.options.iter().try_for_each(|o| write!(f, " {o}"))
+    }
 }
 
 impl Runner {
+    /// The example's arguments that select this runner (without `--workers`), then `more`.
+    pub(crate) fn args(self, more: &[&'static str]) -> Vec<&'static str> {
+        [&["--runner", self.name][..], self.options, more].concat()
+    }
+
     fn is_serial(self) -> bool {
         self.name == "serial"
     }
@@ -113,7 +126,7 @@ impl Testbed {
     fn start(runner: Runner, env: &[(&str, &str)]) -> Testbed {
         let alone = exclusive();
         let mut cmd = Command::new(testbed_binary());
-        cmd.args(["--bind", "127.0.0.1:0", "--runner", runner.name, "--workers", &runner.workers.to_string()]);
+        cmd.args(["--bind", "127.0.0.1:0", "--workers", &runner.workers.to_string()]).args(runner.args(&[]));
         for var in CONFIG_VARS {
             cmd.env_remove(var);
         }
@@ -226,7 +239,7 @@ impl Testbed {
     /// Panics (with the server's output) if the process is no longer running.
     fn assert_alive(&mut self) {
         if let Some(status) = self.try_wait() {
-            panic!("{}: the server exited ({status}); output:\n{}", self.runner.name, self.output());
+            panic!("{}: the server exited ({status}); output:\n{}", self.runner, self.output());
         }
     }
 }

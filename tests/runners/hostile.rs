@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::conformance::Runner;
 use crate::process_support::ServerProcess;
 
 /// One `GET /hello` on a new connection, within `timeout`: whether `Hello, World!` came back.
@@ -62,9 +63,8 @@ fn assert_mostly_answered(what: &str, answered: u32, failures: &[String], server
 
 /// Four new clients every 10 s ask for 30 MiB and never read; a probe each second must still be
 /// answered. A pool whose workers wrote responses with blocking writes answered none of them.
-#[test]
-fn readers_that_never_read_do_not_starve_the_pool() {
-    let server = ServerProcess::start("testbed", &["--runner", "pool", "--workers", "4"]);
+fn readers_that_never_read_do_not_starve_others(args: &[&str]) {
+    let server = ServerProcess::start("testbed", args);
     let addr = server.addr();
     let done = Arc::new(AtomicBool::new(false));
     let attack = {
@@ -97,14 +97,8 @@ fn readers_that_never_read_do_not_starve_the_pool() {
 /// Four new clients every 10 s declare a 10 MB body, send 100 kB at once and then a byte a
 /// second; a probe each second must still be answered, and the trickling uploads get `408`
 /// once their credit at the minimum rate (500 B/s) runs out (here after the 2 s body timeout).
-#[test]
-fn uploads_that_trickle_do_not_starve_the_pool() {
-    let server = ServerProcess::start_with(
-        "testbed",
-        &["--runner", "pool", "--workers", "4"],
-        &[("SGI_BODY_TIMEOUT_MS", "2000")],
-        &[],
-    );
+fn uploads_that_trickle_do_not_starve_others(args: &[&str]) {
+    let server = ServerProcess::start_with("testbed", args, &[("SGI_BODY_TIMEOUT_MS", "2000")], &[]);
     let addr = server.addr();
     let done = Arc::new(AtomicBool::new(false));
     let attack = {
@@ -148,6 +142,64 @@ fn uploads_that_trickle_do_not_starve_the_pool() {
     assert_mostly_answered("slow uploads", answered, &failures, &server);
 }
 
+#[test]
+fn readers_that_never_read_do_not_starve_the_pool() {
+    readers_that_never_read_do_not_starve_others(&["--runner", "pool", "--workers", "4"]);
+}
+
+/// One loop: a loop that waited on a slow reader would answer no probe at all.
+#[test]
+fn readers_that_never_read_do_not_starve_the_event_loop() {
+    readers_that_never_read_do_not_starve_others(&["--runner", "event", "--workers", "1"]);
+}
+
+#[test]
+fn uploads_that_trickle_do_not_starve_the_pool() {
+    uploads_that_trickle_do_not_starve_others(&["--runner", "pool", "--workers", "4"]);
+}
+
+/// One loop, handlers on it: the uploads' handlers, which wait for their bodies, run on the
+/// offload threads; had they run on the loop, it would answer no probe until each got its 408.
+#[test]
+fn uploads_that_trickle_do_not_starve_the_event_loop() {
+    uploads_that_trickle_do_not_starve_others(&["--runner", "event", "--workers", "1"]);
+}
+
+/// One loop and three offload threads: two handlers that sleep 3 s hold two threads, and a
+/// probe sent meanwhile is answered at once on the third: the loop itself kept reading and
+/// writing. With handlers on the loop, the probe could not even be read before both sleeps had
+/// ended (6 s).
+#[test]
+fn blocking_handlers_hold_offload_threads_not_the_event_loop() {
+    let server = ServerProcess::start("testbed", &["--runner", "event", "--workers", "1", "--threads", "3"]);
+    let addr = server.addr();
+    let sleepers: Vec<_> = (0..2)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(b"GET /slow?ms=3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                let mut got = String::new();
+                s.read_to_string(&mut got).unwrap();
+                got
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let mut idle = TcpStream::connect(addr).unwrap();
+    let sent = Instant::now();
+    probe(addr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("probe: {e}\n{}", server.output()));
+    let waited = sent.elapsed();
+    assert!(waited < Duration::from_millis(1500), "probe answered after {waited:?}");
+    for sleeper in sleepers {
+        assert!(sleeper.join().unwrap().ends_with("done"));
+    }
+    // A connection that sat idle meanwhile is still served by the loop.
+    idle.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut got = String::new();
+    idle.read_to_string(&mut got).unwrap();
+    assert!(got.ends_with("Hello, World!"), "{got:?}");
+}
+
 /// CPU time (user + system, in clock ticks) the process has used.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
@@ -162,13 +214,9 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// runner that retried `accept` in a loop never noticed the clients leave, and hung at SIGTERM.
 /// `workers`: the runner's concurrency knob, set so that the connection cap is above the
 /// descriptor limit.
-fn serves_again_after_running_out_of_descriptors(runner: &str, workers: &str) {
-    let mut server = ServerProcess::start_with(
-        "testbed",
-        &["--runner", runner, "--workers", workers],
-        &[],
-        &["prlimit", "--nofile=64:64", "--"],
-    );
+fn serves_again_after_running_out_of_descriptors(args: &[&str]) {
+    let runner = args.join(" ");
+    let mut server = ServerProcess::start_with("testbed", args, &[], &["prlimit", "--nofile=64:64", "--"]);
     let addr = server.addr();
     let clients: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(addr).ok()).collect();
     assert_eq!(clients.len(), 100, "the backlog takes them all");
@@ -203,12 +251,18 @@ fn serves_again_after_running_out_of_descriptors(runner: &str, workers: &str) {
 
 #[test]
 fn pool_serves_again_after_running_out_of_descriptors() {
-    serves_again_after_running_out_of_descriptors("pool", "4");
+    serves_again_after_running_out_of_descriptors(&["--runner", "pool", "--workers", "4"]);
 }
 
 #[test]
 fn threads_serve_again_after_running_out_of_descriptors() {
-    serves_again_after_running_out_of_descriptors("threads", "1000");
+    serves_again_after_running_out_of_descriptors(&["--runner", "threads", "--workers", "1000"]);
+}
+
+#[test]
+fn event_loops_serve_again_after_running_out_of_descriptors() {
+    let args = ["--runner", "event", "--workers", "2", "--max-connections", "1000"];
+    serves_again_after_running_out_of_descriptors(&args);
 }
 
 /// One keep-alive client that sends its next request as soon as it has an answer, until the
@@ -256,8 +310,8 @@ fn closed_loop_client(addr: SocketAddr, stop_by: Instant) -> Result<usize, Strin
 
 /// Closed-loop keep-alive clients across a SIGTERM: every request sent is answered, the last
 /// with `Connection: close`, and the server exits cleanly.
-pub(crate) fn graceful_stop_under_closed_loop_load(runner: &str, clients: usize) {
-    let mut server = ServerProcess::start("testbed", &["--runner", runner, "--workers", "4"]);
+pub(crate) fn graceful_stop_under_closed_loop_load(runner: Runner, clients: usize) {
+    let mut server = ServerProcess::start("testbed", &runner.args(&["--workers", "4"]));
     let addr = server.addr();
     let stop_by = Instant::now() + Duration::from_secs(10);
     let loads: Vec<_> = (0..clients).map(|_| thread::spawn(move || closed_loop_client(addr, stop_by))).collect();

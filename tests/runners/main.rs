@@ -18,15 +18,15 @@ use conformance::Runner;
 use processes::ListenerClose;
 
 /// Instantiates the per-runner tests for one runner:
-/// `suite!(name, workers, closed-loop clients, when the listener closes at a stop, { extra tests })`.
-/// The module's name is the runner's name.
+/// `suite!(module, runner name, [its other options], workers, closed-loop clients, when the
+/// listener closes at a stop, { extra tests })`.
 macro_rules! suite {
-    ($runner:ident, $workers:expr, $clients:expr, $listener:expr, { $($only:item)* }) => {
-        mod $runner {
+    ($module:ident, $name:expr, [$($option:expr),*], $workers:expr, $clients:expr, $listener:expr, { $($only:item)* }) => {
+        mod $module {
             #[allow(unused_imports)]
             use super::*;
 
-            const RUNNER: Runner = Runner { name: stringify!($runner), workers: $workers };
+            const RUNNER: Runner = Runner { name: $name, workers: $workers, options: &[$($option),*] };
 
             #[test]
             fn hello() {
@@ -80,22 +80,22 @@ macro_rules! suite {
 
             #[test]
             fn graceful_stop_with_a_stream_in_flight() {
-                processes::graceful_stop_with_request_in_flight(stringify!($runner), $listener);
+                processes::graceful_stop_with_request_in_flight(RUNNER, $listener);
             }
 
             #[test]
             fn graceful_stop_under_closed_loop_load() {
-                hostile::graceful_stop_under_closed_loop_load(stringify!($runner), $clients);
+                hostile::graceful_stop_under_closed_loop_load(RUNNER, $clients);
             }
 
             #[test]
             fn idle_keepalive_does_not_delay_exit() {
-                processes::idle_keepalive_does_not_delay_exit(stringify!($runner));
+                processes::idle_keepalive_does_not_delay_exit(RUNNER);
             }
 
             #[test]
             fn unix_socket() {
-                processes::unix_socket(stringify!($runner));
+                processes::unix_socket(RUNNER);
             }
 
             $($only)*
@@ -105,7 +105,7 @@ macro_rules! suite {
 
 // `--workers` is ignored by the serial runner, which serves one connection at a time: one
 // closed-loop client, and its listener closes once the connection in flight is done.
-suite!(serial, 1, 1, ListenerClose::AfterInFlight, {
+suite!(serial, "serial", [], 1, 1, ListenerClose::AfterInFlight, {
     /// Instead of `slowloris_does_not_stall_others`, which the serial runner does not promise.
     #[test]
     fn slowloris_stalls_only_until_the_header_deadline() {
@@ -113,21 +113,21 @@ suite!(serial, 1, 1, ListenerClose::AfterInFlight, {
     }
 });
 
-suite!(threads, 64, 8, ListenerClose::AtSignal, {
+suite!(threads, "threads", [], 64, 8, ListenerClose::AtSignal, {
     #[test]
     fn slowloris_does_not_stall_others() {
         conformance::slowloris_does_not_stall_others(RUNNER);
     }
 });
 
-suite!(pool, 4, 8, ListenerClose::AtSignal, {
+suite!(pool, "pool", [], 4, 8, ListenerClose::AtSignal, {
     #[test]
     fn slowloris_does_not_stall_others() {
         conformance::slowloris_does_not_stall_others(RUNNER);
     }
 });
 
-suite!(fork, 64, 8, ListenerClose::AtSignal, {
+suite!(fork, "fork", [], 64, 8, ListenerClose::AtSignal, {
     #[test]
     fn slowloris_does_not_stall_others() {
         conformance::slowloris_does_not_stall_others(RUNNER);
@@ -137,7 +137,15 @@ suite!(fork, 64, 8, ListenerClose::AtSignal, {
 // Two loops: handlers run on them, so a slow handler holds its loop (the tests' `/slow` and
 // streams hold one of two). The listeners are shared by the loops and close once every loop has
 // seen the stop: after a stream in flight on one of them, as on serial.
-suite!(event, 2, 8, ListenerClose::AfterInFlight, {
+suite!(event, "event", [], 2, 8, ListenerClose::AfterInFlight, {
+    #[test]
+    fn slowloris_does_not_stall_others() {
+        conformance::slowloris_does_not_stall_others(RUNNER);
+    }
+});
+
+// Handlers on four offload threads; the loops only read and write.
+suite!(event_offload, "event", ["--threads", "4"], 2, 8, ListenerClose::AfterInFlight, {
     #[test]
     fn slowloris_does_not_stall_others() {
         conformance::slowloris_does_not_stall_others(RUNNER);

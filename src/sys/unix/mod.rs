@@ -161,3 +161,25 @@ pub(crate) fn close_in_child(fd: RawFd) {
     // destructor never runs, so the descriptor is closed exactly once.
     unsafe { libc::close(fd) };
 }
+
+/// This process's descriptor limit (`RLIMIT_NOFILE`): `(soft, hard)`, `u64::MAX` for unlimited.
+pub(crate) fn fd_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid, writable `rlimit` for the duration of the call.
+    syscall!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    // `rlim_t` is `u64` on 64-bit Linux only.
+    #[allow(clippy::unnecessary_cast)]
+    Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
+}
+
+/// Sets the soft descriptor limit to the hard one; returns the new soft limit.
+pub(crate) fn raise_fd_limit() -> io::Result<u64> {
+    let (soft, hard) = fd_limit()?;
+    if soft < hard {
+        let limit = libc::rlimit { rlim_cur: hard as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+        // SAFETY: `limit` is a valid `rlimit` for the duration of the call; raising the soft
+        // limit up to the hard one needs no privilege.
+        syscall!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) })?;
+    }
+    Ok(hard.max(soft))
+}
