@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Load-tests the `hello` example under each sgi runner against two peers serving the same
-# "Hello, World!" (benches/peers: tiny_http and hyper), with wrk. Not run by CI.
+# Load-tests the `hello` example under each sgi runner against three peers serving the same
+# "Hello, World!" (benches/peers: tiny_http, hyper, and a minimal hand-written epoll responder
+# with a precomputed response and no parsing, the "epoll responder"), with wrk. Not run by CI.
 #
 #   bash benches/wrk.sh [--runners "serial threads pool fork"]
 #
 # Each server runs alone, pinned to CPU 0 (`taskset -c 0`), on 127.0.0.1; wrk runs pinned to
-# CPU 1. Per server: a keep-alive run, a pipelined run and a `Connection: close` run of fixed
-# duration, the
-# requests/s wrk reports, and the server's CPU time per request (utime+stime from /proc/PID/stat
-# of the server and its descendants, before and after the run, over the request count). Prints a
-# Markdown table with ratios against tiny_http and hyper from the same run.
+# CPU 1. Per server, runs of fixed duration: keep-alive (CONNECTIONS connections), pipelined
+# (the same, PIPELINE requests per write), `Connection: close` (CLOSE_CONNECTIONS connections)
+# and "one conn" (keep-alive on a single connection, for its p99 latency); of each, the
+# requests/s wrk reports, and the server's CPU time per request (utime+stime from
+# /proc/PID/stat of the server and its descendants, before and after the run, over the request
+# count). Prints a Markdown table with ratios against tiny_http, hyper and the epoll responder
+# from the same run: req/s ratios (higher is better) and "p99 one vs hyper", the one-connection
+# p99 latency over hyper's (lower is better).
 #
 # Runners: by default every name `hello --help` lists (sgi::runner::NAMES); a runner the example
 # rejects with "unknown runner" is skipped.
@@ -17,13 +21,20 @@
 # Environment (defaults in brackets):
 #   DURATION [10s]     length of each wrk run (wrk syntax: 5s, 1m)
 #   WARMUP [1s]        unmeasured wrk run before each server's measurements; 0 to skip
-#   CONNECTIONS [64]   wrk -c
-#   THREADS [1]        wrk -t
-#   WORKERS [4]        --workers for the sgi runners and tiny_http (hyper runs current_thread)
+#   CONNECTIONS [64]   wrk -c of the keep-alive and pipelined runs (and the warm-up)
+#   CLOSE_CONNECTIONS [16]  wrk -c of the `Connection: close` run
+#   THREADS [1]        wrk -t (at most the run's connection count: the one-connection run uses 1)
+#   WORKERS [4]        --workers for the sgi runners and tiny_http (hyper runs current_thread,
+#                      the epoll responder one thread)
 #                      (for threads and fork it bounds the connections served at once: with
 #                      WORKERS < CONNECTIONS the other keep-alive clients wait in the backlog
 #                      and wrk reports timeouts; set WORKERS=$CONNECTIONS to compare them unbounded)
 #   PIPELINE [16]      requests per write in the pipelined run (a wrk Lua script); 0 to skip it
+#   ONE [1]            the one-connection keep-alive run; 0 to skip it
+#   EXTRA []           more sgi configurations, each measured as "sgi NAME" with the hello
+#                      example run with ARGS (as given, no --workers added) and --bind: entries
+#                      NAME=ARGS separated by newlines or `;`, e.g.
+#                      EXTRA='event+4 threads=--runner event --workers 1 --threads 4'
 #   BASELINE []        path to another build of the hello example (say, the previous commit's),
 #                      measured with its pool runner as "baseline pool", for before/after ratios
 #   PORT [18080]       first port; each server gets the next one
@@ -40,10 +51,13 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-1s}
 CONNECTIONS=${CONNECTIONS:-64}
+CLOSE_CONNECTIONS=${CLOSE_CONNECTIONS:-16}
 THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-4}
 PORT=${PORT:-18080}
 PIPELINE=${PIPELINE:-16}
+ONE=${ONE:-1}
+EXTRA=${EXTRA:-}
 BASELINE=${BASELINE:-}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
@@ -76,6 +90,20 @@ seconds() {
         *) echo "$d" ;;
     esac
 }
+
+# EXTRA's entries, checked before anything is built: "NAME=ARGS", NAME without a `/` (it names
+# files) and trimmed.
+extras=()
+while IFS= read -r entry; do
+    entry=${entry#"${entry%%[![:space:]]*}"}
+    entry=${entry%"${entry##*[![:space:]]}"}
+    [[ -n $entry ]] || continue
+    [[ $entry == *=* ]] || die "EXTRA entry '$entry' is not NAME=ARGS"
+    name=${entry%%=*}
+    name=${name%"${name##*[![:space:]]}"}
+    [[ -n $name && $name != */* ]] || die "EXTRA entry '$entry': NAME must be non-empty, without /"
+    extras+=("$name=${entry#*=}")
+done < <(tr ';' '\n' <<<"$EXTRA")
 
 # --- tools -------------------------------------------------------------------------------------
 if ! command -v wrk >/dev/null; then
@@ -174,22 +202,26 @@ start_server() {
     die "$name did not accept on 127.0.0.1:$port within 10 s; log: $(cat "$logfile")"
 }
 
-# run_wrk PORT OUTFILE DURATION [wrk args...]
+# run_wrk PORT OUTFILE DURATION CONNECTIONS [wrk args...] (wrk wants no more threads than
+# connections)
 run_wrk() {
-    local port=$1 out=$2 duration=$3
-    shift 3
+    local port=$1 out=$2 duration=$3 connections=$4 threads=$THREADS
+    shift 4
+    ((threads <= connections)) || threads=$connections
     timeout $(($(seconds "$duration") + 30)) taskset -c "$CLIENT_CPU" \
-        wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --latency "$@" "http://127.0.0.1:$port/" >"$out" 2>&1 ||
+        wrk -t"$threads" -c"$connections" -d"$duration" --latency "$@" "http://127.0.0.1:$port/" >"$out" 2>&1 ||
         { cat "$out" >&2; die "wrk failed"; }
 }
 
 # --- measurements ------------------------------------------------------------------------------
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/sgi-wrk.XXXXXX")
-declare -A rps_ka rps_close rps_pipe cpu_ka cpu_close cpu_pipe p99_ka p99_close errors
+declare -A rps_ka rps_close rps_pipe rps_one cpu_ka cpu_close cpu_pipe p99_ka p99_close p99_one errors
 servers=()
-variants="keepalive close"
+variants="keepalive"
+((PIPELINE > 0)) && variants+=" pipelined"
+variants+=" close"
+[[ $ONE != 0 ]] && variants+=" one"
 if ((PIPELINE > 0)); then
-    variants="keepalive pipelined close"
     # wrk sends PIPELINE requests in one write and counts each response.
     cat >"$workdir/pipeline.lua" <<LUA
 init = function(args)
@@ -203,8 +235,11 @@ fi
 
 # measure NAME CMD... (the server's --bind argument is appended)
 measure() {
-    local name=$1 port=$((PORT + ${#servers[@]})) variant before after requests
+    local name=$1 port=$((PORT + ${#servers[@]})) variant before after requests other
     shift
+    for other in "${servers[@]}"; do
+        [[ $other != "$name" ]] || die "two servers named '$name' (see EXTRA)"
+    done
     log "$name on 127.0.0.1:$port"
     if ! start_server "$name" "$port" "$workdir/$name.log" "$@" --bind "127.0.0.1:$port"; then
         if grep -q "unknown runner" "$workdir/$name.log"; then
@@ -215,15 +250,18 @@ measure() {
     fi
     servers+=("$name")
     if [[ $WARMUP != 0 ]]; then
-        run_wrk "$port" "$workdir/$name.warmup.txt" "$WARMUP"
+        run_wrk "$port" "$workdir/$name.warmup.txt" "$WARMUP" "$CONNECTIONS"
     fi
     errors[$name]=""
     for variant in $variants; do
-        local args=() out="$workdir/$name.$variant.txt"
-        [[ $variant == close ]] && args=(-H "Connection: close")
-        [[ $variant == pipelined ]] && args=(-s "$workdir/pipeline.lua")
+        local args=() out="$workdir/$name.$variant.txt" connections=$CONNECTIONS
+        case $variant in
+            pipelined) args=(-s "$workdir/pipeline.lua") ;;
+            close) args=(-H "Connection: close") connections=$CLOSE_CONNECTIONS ;;
+            one) connections=1 ;;
+        esac
         before=$(cpu_ticks "$server_pid")
-        run_wrk "$port" "$out" "$DURATION" "${args[@]}"
+        run_wrk "$port" "$out" "$DURATION" "$connections" "${args[@]}"
         after=$(cpu_ticks "$server_pid")
         kill -0 "$server_pid" 2>/dev/null || die "$name died during the $variant run: $(cat "$workdir/$name.log")"
         requests=$(awk '/requests in/ {print $1}' "$out")
@@ -236,13 +274,12 @@ measure() {
         local bad
         bad=$(grep -E 'Socket errors|Non-2xx' "$out" | sed 's/^ *//' | paste -sd ';' -) || true
         [[ -n $bad ]] && errors[$name]+="$variant: $bad. "
-        if [[ $variant == keepalive ]]; then
-            rps_ka[$name]=$rps cpu_ka[$name]=$cpu p99_ka[$name]=$p99
-        elif [[ $variant == pipelined ]]; then
-            rps_pipe[$name]=$rps cpu_pipe[$name]=$cpu
-        else
-            rps_close[$name]=$rps cpu_close[$name]=$cpu p99_close[$name]=$p99
-        fi
+        case $variant in
+            keepalive) rps_ka[$name]=$rps cpu_ka[$name]=$cpu p99_ka[$name]=$p99 ;;
+            pipelined) rps_pipe[$name]=$rps cpu_pipe[$name]=$cpu ;;
+            close) rps_close[$name]=$rps cpu_close[$name]=$cpu p99_close[$name]=$p99 ;;
+            one) rps_one[$name]=$rps p99_one[$name]=$p99 ;;
+        esac
         log "  $variant: $rps req/s, $cpu µs CPU/req, p99 $p99${bad:+, $bad}"
     done
     stop_server
@@ -251,27 +288,48 @@ measure() {
 for runner in $runners; do
     measure "sgi $runner" "$hello" --runner "$runner" --workers "$WORKERS"
 done
+for entry in "${extras[@]}"; do
+    read -r -a extra_args <<<"${entry#*=}"
+    measure "sgi ${entry%%=*}" "$hello" "${extra_args[@]}"
+done
 if [[ -n $BASELINE ]]; then
     measure "baseline pool" "$BASELINE" --runner pool --workers "$WORKERS"
 fi
 measure tiny_http "$peers/tiny_http_hello" --workers "$WORKERS"
 measure hyper "$peers/hyper_hello" --workers 1
+epoll="epoll responder"
+measure "$epoll" "$peers/epoll_hello" --workers 1
 
 # --- report ------------------------------------------------------------------------------------
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# wrk latency (12.34us, 1.20ms, 2.00s, 1.00m) in µs, for ratios; 0 if not a latency.
+micros() {
+    awk -v t="${1:-}" 'BEGIN {
+        n = t + 0; u = t; sub(/^[0-9.]+/, "", u)
+        f = (u == "us") ? 1 : (u == "ms") ? 1e3 : (u == "s") ? 1e6 : (u == "m") ? 6e7 : (u == "h") ? 3.6e9 : 0
+        print n * f
+    }'
+}
 
 echo
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP); server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU;" \
-    "sgi runners and tiny_http with $WORKERS workers, hyper current_thread; $(nproc) CPUs, $(uname -r)"
+one_note=""
+[[ $ONE != 0 ]] && one_note="\"one conn\" keep-alive with -t1 -c1; "
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP); \`Connection: close\` with -c$CLOSE_CONNECTIONS;" \
+    "${one_note}server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU;" \
+    "sgi runners and tiny_http with $WORKERS workers, hyper current_thread, epoll responder 1 thread; $(nproc) CPUs, $(uname -r)"
 echo
-echo "| server | keep-alive req/s | pipelined ($PIPELINE) req/s | close req/s | CPU µs/req (keep-alive) | CPU µs/req (pipelined) | CPU µs/req (close) | p99 keep-alive | p99 close | keep-alive vs hyper | pipelined vs hyper | close vs hyper | keep-alive vs tiny_http | close vs tiny_http |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| server | keep-alive req/s | pipelined ($PIPELINE) req/s | close ($CLOSE_CONNECTIONS conns) req/s | one conn req/s | CPU µs/req (keep-alive) | CPU µs/req (pipelined) | CPU µs/req (close) | p99 keep-alive | p99 close | p99 one conn | keep-alive vs hyper | pipelined vs hyper | pipelined vs epoll | close vs hyper | p99 one vs hyper | keep-alive vs tiny_http | close vs tiny_http |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for name in "${servers[@]}"; do
-    echo "| $name | ${rps_ka[$name]} | ${rps_pipe[$name]:-} | ${rps_close[$name]} | ${cpu_ka[$name]} | ${cpu_pipe[$name]:-} | ${cpu_close[$name]}" \
-        "| ${p99_ka[$name]} | ${p99_close[$name]} | $(ratio "${rps_ka[$name]}" "${rps_ka[hyper]:-}")" \
-        "| $(ratio "${rps_pipe[$name]:-}" "${rps_pipe[hyper]:-}") | $(ratio "${rps_close[$name]}" "${rps_close[hyper]:-}")" \
+    echo "| $name | ${rps_ka[$name]} | ${rps_pipe[$name]:-} | ${rps_close[$name]} | ${rps_one[$name]:-} | ${cpu_ka[$name]} | ${cpu_pipe[$name]:-} | ${cpu_close[$name]}" \
+        "| ${p99_ka[$name]} | ${p99_close[$name]} | ${p99_one[$name]:-} | $(ratio "${rps_ka[$name]}" "${rps_ka[hyper]:-}")" \
+        "| $(ratio "${rps_pipe[$name]:-}" "${rps_pipe[hyper]:-}") | $(ratio "${rps_pipe[$name]:-}" "${rps_pipe[$epoll]:-}")" \
+        "| $(ratio "${rps_close[$name]}" "${rps_close[hyper]:-}")" \
+        "| $(ratio "$(micros "${p99_one[$name]:-}")" "$(micros "${p99_one[hyper]:-}")")" \
         "| $(ratio "${rps_ka[$name]}" "${rps_ka[tiny_http]:-}") | $(ratio "${rps_close[$name]}" "${rps_close[tiny_http]:-}") |"
 done
+echo
+echo "Ratios \"vs\" are of req/s (higher is better), except \"p99 one vs hyper\": the one-connection p99 latency over hyper's (lower is better)."
 notes=0
 for name in "${servers[@]}"; do
     if [[ -n ${errors[$name]} ]]; then
