@@ -4,7 +4,9 @@
 //!
 //! cargo bench --bench runners [-- FILTER --warm-up-time S --measurement-time S]
 //!
-//! Workloads (criterion groups), each with one benchmark per name in `sgi::runner::NAMES`:
+//! Workloads (criterion groups), each with one benchmark per name in `sgi::runner::NAMES`, and
+//! `event_offload` (the event runner with `--threads`, as many offload threads as the pool has
+//! workers):
 //! - `hello_keepalive`: `GET /hello` on keep-alive connections;
 //! - `hello_close`: `GET /hello` with `Connection: close`, a new connection per request (the
 //!   client reads to EOF, so the server closes first and keeps the TIME_WAIT);
@@ -23,7 +25,8 @@
 //! Environment:
 //! - `SGI_BENCH_CLIENTS` (32): concurrent clients;
 //! - `SGI_BENCH_WORKERS`: `--workers` for the runners (the example's default, 4, when unset);
-//! - `SGI_BENCH_RUNNERS`: comma-separated subset of `sgi::runner::NAMES`;
+//! - `SGI_BENCH_RUNNERS`: comma-separated subset of the benchmark names (`sgi::runner::NAMES`
+//!   and `event_offload`);
 //! - `SGI_BENCH_SERVER_CPUS`: a `taskset -c` CPU list to pin the servers to (unpinned when unset);
 //! - `SGI_BENCH_NO_BUILD=1`: do not run `cargo build --release --example bench_app` first.
 //!
@@ -101,7 +104,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(app: &Path, runner: &str) -> Server {
+    /// Starts `app` with the arguments that select a runner (see [`runner_args`]).
+    fn start(app: &Path, runner_args: &[String]) -> Server {
         let mut command = match env_var("SGI_BENCH_SERVER_CPUS") {
             // taskset execs the server, so the child's pid is the server's.
             Some(cpus) => {
@@ -111,10 +115,7 @@ impl Server {
             }
             None => Command::new(app),
         };
-        command.args(["--bind", "127.0.0.1:0", "--runner", runner]);
-        if let Some(workers) = env_var("SGI_BENCH_WORKERS") {
-            command.args(["--workers", &workers]);
-        }
+        command.args(["--bind", "127.0.0.1:0"]).args(runner_args);
         // If this bench dies without running its destructors (killed by a signal, `timeout`), the
         // server gets SIGTERM, which sgi turns into a graceful stop (fork's children included).
         let bench_pid = std::process::id();
@@ -155,7 +156,7 @@ impl Server {
                     std::thread::sleep(Duration::from_millis(10));
                     status = server.child.try_wait();
                 }
-                panic!("bench_app --runner {runner} did not start ({other:?}, exit status {status:?})")
+                panic!("bench_app {runner_args:?} did not start ({other:?}, exit status {status:?})")
             }
         };
         server.addr = line
@@ -163,13 +164,13 @@ impl Server {
             .nth(1)
             .and_then(|rest| rest.split('/').next())
             .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("bench_app --runner {runner}: cannot read the address in {line:?}"));
+            .unwrap_or_else(|| panic!("bench_app {runner_args:?}: cannot read the address in {line:?}"));
         // One request end to end before measuring anything.
-        let mut conn = Conn::connect(server.addr).unwrap_or_else(|e| panic!("connect to {runner}: {e}"));
+        let mut conn = Conn::connect(server.addr).unwrap_or_else(|e| panic!("connect to {runner_args:?}: {e}"));
         let (status, _) = conn
             .exchange(b"GET /hello HTTP/1.1\r\nHost: b\r\n\r\n")
-            .unwrap_or_else(|e| panic!("first request to {runner}: {e}"));
-        assert_eq!(status, 200, "GET /hello on the {runner} runner");
+            .unwrap_or_else(|e| panic!("first request to {runner_args:?}: {e}"));
+        assert_eq!(status, 200, "GET /hello with {runner_args:?}");
         server
     }
 }
@@ -467,6 +468,25 @@ fn close_request(shared: &Shared) -> std::io::Result<u16> {
 
 // ---- the benchmarks -------------------------------------------------------------------------
 
+/// The benchmarks of each workload: a name, and the arguments that select its runner.
+fn runner_args() -> Vec<(String, Vec<String>)> {
+    let workers = env_var("SGI_BENCH_WORKERS");
+    let with_workers = |name: &str| {
+        let mut args = vec!["--runner".to_string(), name.to_string()];
+        if let Some(w) = &workers {
+            args.extend(["--workers".to_string(), w.clone()]);
+        }
+        args
+    };
+    let mut all: Vec<(String, Vec<String>)> =
+        sgi::runner::NAMES.iter().map(|&n| (n.to_string(), with_workers(n))).collect();
+    // One loop does all the I/O; the handlers run on as many threads as the pool has workers.
+    let threads = workers.clone().unwrap_or_else(|| "4".to_string());
+    let offload = ["--runner", "event", "--workers", "1", "--threads", &threads].map(String::from).to_vec();
+    all.push(("event_offload".to_string(), offload));
+    all
+}
+
 fn runners(c: &mut Criterion, failures: &mut Vec<String>) {
     let app = bench_app();
     let clients: usize = env_var("SGI_BENCH_CLIENTS").map_or(32, |v| v.parse().expect("SGI_BENCH_CLIENTS: a number"));
@@ -475,7 +495,8 @@ fn runners(c: &mut Criterion, failures: &mut Vec<String>) {
     for workload in WORKLOADS {
         let mut group = c.benchmark_group(workload.group);
         group.throughput(Throughput::Elements(1));
-        for &runner in sgi::runner::NAMES {
+        for (runner, args) in runner_args() {
+            let runner = runner.as_str();
             if selected.as_ref().is_some_and(|names| !names.iter().any(|n| n == runner)) {
                 continue;
             }
@@ -483,7 +504,7 @@ fn runners(c: &mut Criterion, failures: &mut Vec<String>) {
             let mut running: Option<(Clients, Server)> = None;
             group.bench_function(runner, |b| {
                 let (pool, _server) = running.get_or_insert_with(|| {
-                    let server = Server::start(&app, runner);
+                    let server = Server::start(&app, &args);
                     (Clients::new(server.addr, workload, clients), server)
                 });
                 b.iter_custom(|iters| pool.batch(iters));
