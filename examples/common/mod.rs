@@ -11,12 +11,12 @@ pub struct Options {
 }
 
 /// Parses `--bind ADDR --runner NAME --workers N --threads M --max-connections N --keep-alive
-/// SECONDS` (defaults: 127.0.0.1:8000, pool, 4, the runner's own, the runner's cap, the library's
-/// timeout); exits with a usage message on anything else.
+/// SECONDS` (defaults: 127.0.0.1:8000, pool, 4 (event: one loop per CPU), the runner's own, the
+/// runner's cap, the library's timeout); exits with a usage message on anything else.
 pub fn options(example: &str) -> Options {
     let mut bind = "127.0.0.1:8000".to_string();
     let mut runner = "pool".to_string();
-    let mut workers = 4usize;
+    let mut workers = None;
     let mut threads = None;
     let mut max_connections = None;
     let mut keep_alive = None;
@@ -27,7 +27,8 @@ pub fn options(example: &str) -> Options {
             "--bind" => bind = value("--bind"),
             "--runner" => runner = value("--runner"),
             "--workers" => {
-                workers = value("--workers").parse().unwrap_or_else(|_| usage(example, "--workers takes a number"))
+                let n = value("--workers").parse().unwrap_or_else(|_| usage(example, "--workers takes a number"));
+                workers = Some(n);
             }
             "--threads" => {
                 let n = value("--threads").parse().unwrap_or_else(|_| usage(example, "--threads takes a number"));
@@ -48,10 +49,12 @@ pub fn options(example: &str) -> Options {
             other => usage(example, &format!("unknown argument {other:?}")),
         }
     }
+    let workers_or_default = workers.unwrap_or(4);
     let runner: Box<dyn sgi::runner::Runner> = match (runner.as_str(), threads, max_connections) {
-        ("pool", None, Some(max)) => Box::new(sgi::runner::ThreadPool::new(workers).max_connections(max)),
+        ("pool", None, Some(max)) => Box::new(sgi::runner::ThreadPool::new(workers_or_default).max_connections(max)),
         ("event", threads, max) => {
-            let mut event = sgi::runner::EventLoop::new(workers).threads(threads.unwrap_or(0));
+            let loops = workers.map_or_else(sgi::runner::EventLoop::default, sgi::runner::EventLoop::new);
+            let mut event = loops.threads(threads.unwrap_or(0));
             if let Some(max) = max {
                 event = event.max_connections(max);
             }
@@ -59,7 +62,7 @@ pub fn options(example: &str) -> Options {
         }
         (_, Some(_), _) => usage(example, "--threads is for the event runner"),
         (_, _, Some(_)) => usage(example, "--max-connections is for the pool and event runners"),
-        _ => sgi::runner::by_name(&runner, workers).unwrap_or_else(|e| usage(example, &e.to_string())),
+        _ => sgi::runner::by_name(&runner, workers_or_default).unwrap_or_else(|e| usage(example, &e.to_string())),
     };
     Options { bind, runner, keep_alive }
 }
