@@ -4,7 +4,7 @@ use std::io;
 
 /// The runner names, kept here so that the error type depends on nothing above it;
 /// [`crate::runner::NAMES`] re-exports it.
-pub(crate) const RUNNER_NAMES: &[&str] = &["serial", "threads", "pool", "fork", "event"];
+pub(crate) const RUNNER_NAMES: &[&str] = &["serial", "threads", "pool", "fork", "event", "prefork"];
 
 /// Why a request could not be accepted: a `Copy` value with one status mapping ([`ParseError::status`]).
 ///
@@ -202,6 +202,13 @@ pub enum Error {
     /// A fork-based runner was started in a process that already runs more than one thread.
     #[error("fork-based runner needs a single-threaded process, this one has {0} threads")]
     NotSingleThreaded(usize),
+    /// The handler factory given to [`Server::serve_factory`](crate::Server::serve_factory)
+    /// failed (for the prefork runner: in every worker, so that none could boot).
+    #[error("the handler factory failed")]
+    Factory(#[source] crate::handler::BoxError),
+    /// The prefork master stopped because its workers could not serve: the message says why.
+    #[error("prefork: {0}")]
+    Workers(Box<str>),
 }
 
 impl Error {

@@ -34,6 +34,17 @@ pub(crate) struct Listeners {
 
 impl Listeners {
     /// Sets every listener non-blocking and works out its `SERVER_NAME` and `SERVER_PORT`.
+    /// The same sockets, owning no socket file: what a forked worker serves on, so that a
+    /// worker that stops never removes the file its master still serves.
+    pub(crate) fn without_files(mut self) -> Listeners {
+        for (listener, _) in &mut self.listeners {
+            if let Listener::Unix(_, path) = listener {
+                *path = None;
+            }
+        }
+        self
+    }
+
     pub(crate) fn new(listeners: Vec<Listener>) -> io::Result<Listeners> {
         let listeners = listeners
             .into_iter()

@@ -7,11 +7,10 @@ use std::sync::Arc;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
-use crate::conn::ServeContext;
 use crate::error::{BindError, Error, Result};
-use crate::handler::Handler;
+use crate::handler::{BoxError, Handler};
 use crate::net::{Listener, Listeners};
-use crate::runner::private::Serving;
+use crate::runner::private::{App, Serving};
 use crate::runner::{Runner, ThreadPool};
 use crate::shutdown::ShutdownHandle;
 
@@ -213,15 +212,49 @@ impl Server {
     /// A fatal error of the listener (not of one connection: those are logged and survived), or
     /// a runner that cannot start.
     pub fn serve(self, handler: impl Handler) -> Result<()> {
+        self.serve_app(App::Handler(Box::new(handler)))
+    }
+
+    /// Serves handlers made by `factory`: the prefork runner calls it in every worker, after
+    /// the fork (so each worker builds its own connection pools, caches and configuration, and
+    /// a worker started by a reload builds them afresh); the other runners call it once, before
+    /// serving. A factory that fails is a worker that cannot boot.
+    ///
+    /// # Errors
+    /// As [`Server::serve`], and [`Error::Factory`] when the factory fails (for prefork:
+    /// [`Error::Workers`] when no worker could boot).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), sgi::Error> {
+    /// sgi::Server::bind("127.0.0.1:8000")?
+    ///     .runner(sgi::runner::Prefork::new(4))
+    ///     .serve_factory(|| {
+    ///         let greeting = format!("hello from worker {}", std::process::id());
+    ///         Ok(sgi::handler_fn(move |_env, sr| {
+    ///             Ok(sr.start("200 OK", [("Content-Type", "text/plain")])?.body(greeting.clone()))
+    ///         }))
+    ///     })
+    /// # }
+    /// ```
+    pub fn serve_factory<H, F>(self, factory: F) -> Result<()>
+    where
+        H: Handler,
+        F: Fn() -> std::result::Result<H, BoxError> + Send + Sync + 'static,
+    {
+        self.serve_app(App::Factory(Box::new(move || factory().map(|h| Box::new(h) as Box<dyn Handler>))))
+    }
+
+    fn serve_app(self, app: App) -> Result<()> {
         let listeners = Listeners::new(self.listeners)?;
         let _signals = if self.handle_signals { Some(self.shutdown.handle_signals()?) } else { None };
-        let ctx = ServeContext {
-            flags: self.runner.flags(),
+        let serving = Serving {
+            listeners,
             config: Arc::new(self.config),
-            handler: Box::new(handler),
+            flags: self.runner.flags(),
             shutdown: self.shutdown,
+            app,
         };
-        self.runner.run(Serving { listeners, ctx: Arc::new(ctx) })
+        self.runner.run(serving)
     }
 }
 

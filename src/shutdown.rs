@@ -91,6 +91,11 @@ impl ShutdownHandle {
     }
 
     /// A descriptor that becomes readable, and stays so, once a shutdown is requested.
+    /// Both ends of the wake pipe, for a forked worker to close (it gets a handle of its own).
+    pub(crate) fn pipe_fds(&self) -> [RawFd; 2] {
+        [self.inner.wake_read.as_raw_fd(), self.inner.wake_write.as_raw_fd()]
+    }
+
     pub(crate) fn wake_fd(&self) -> RawFd {
         self.inner.wake_read.as_raw_fd()
     }

@@ -15,7 +15,8 @@ pub struct Options {
 /// runner's cap, the library's timeout); exits with a usage message on anything else.
 pub fn options(example: &str) -> Options {
     let mut bind = "127.0.0.1:8000".to_string();
-    let mut runner = "pool".to_string();
+    // The prefork example exists to show the prefork runner; the others default to the pool.
+    let mut runner = if example == "prefork" { "prefork" } else { "pool" }.to_string();
     let mut workers = None;
     let mut threads = None;
     let mut max_connections = None;
@@ -60,7 +61,11 @@ pub fn options(example: &str) -> Options {
             }
             Box::new(event)
         }
-        (_, Some(_), _) => usage(example, "--threads is for the event runner"),
+        ("prefork", threads, None) => Box::new(
+            sgi::runner::Prefork::new(workers_or_default)
+                .threads(threads.unwrap_or(sgi::runner::DEFAULT_PREFORK_THREADS)),
+        ),
+        (_, Some(_), _) => usage(example, "--threads is for the event and prefork runners"),
         (_, _, Some(_)) => usage(example, "--max-connections is for the pool and event runners"),
         _ => sgi::runner::by_name(&runner, workers_or_default).unwrap_or_else(|e| usage(example, &e.to_string())),
     };
@@ -87,6 +92,27 @@ pub fn serve(example: &str, handler: impl sgi::Handler) {
 
 /// [`serve`] with a configuration of the example's choosing.
 pub fn serve_with(example: &str, config: sgi::Config, handler: impl sgi::Handler) {
+    let (server, config) = prepare(example, config);
+    if let Err(e) = server.config(config).serve(handler) {
+        fail(&e);
+    }
+}
+
+/// [`serve_with`] for handlers made by `factory`, once per worker under prefork.
+#[allow(dead_code)]
+pub fn serve_factory<H: sgi::Handler>(
+    example: &str,
+    config: sgi::Config,
+    factory: impl Fn() -> Result<H, sgi::BoxError> + Send + Sync + 'static,
+) {
+    let (server, config) = prepare(example, config);
+    if let Err(e) = server.config(config).serve_factory(factory) {
+        fail(&e);
+    }
+}
+
+/// Parses the options, raises the descriptor limit, binds and prints the URL.
+fn prepare(example: &str, config: sgi::Config) -> (sgi::Server, sgi::Config) {
     let options = options(example);
     // One descriptor per connection: take all the process may have.
     if let Err(e) = sgi::raise_fd_limit() {
@@ -102,9 +128,7 @@ pub fn serve_with(example: &str, config: sgi::Config, handler: impl sgi::Handler
         Some(t) => config.keepalive_timeout(Some(t)),
         None => config,
     };
-    if let Err(e) = server.runner(options.runner).config(config).serve(handler) {
-        fail(&e);
-    }
+    (server.runner(options.runner), config)
 }
 
 /// Prints an error with every cause under it (`error: cannot bind 127.0.0.1:8000: Address

@@ -176,7 +176,7 @@ impl Runner for EventLoop {
     }
 
     fn run(self: Box<Self>, server: Serving) -> Result<()> {
-        let Serving { listeners, ctx } = server;
+        let (listeners, ctx) = server.start()?;
         let listeners = Arc::new(listeners);
         let running = Arc::new(Running { count: Mutex::new(self.loops), changed: Condvar::new() });
         let max_connections = self.max_connections.unwrap_or_else(crate::limits::connection_cap_from_fd_limit);

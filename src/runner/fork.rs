@@ -73,7 +73,7 @@ impl Runner for Forking {
         if threads > 1 {
             return Err(Error::NotSingleThreaded(threads));
         }
-        let Serving { listeners, ctx } = server;
+        let (listeners, ctx) = server.start()?;
         let exited = WakePipe::new()?;
         signal::handle_child_signal(exited.write_fd())?;
         // Shared by the accept loop's three callbacks, one at a time.

@@ -8,9 +8,11 @@
 //! one when accepting works again. Retrying at once would spin without ever getting back to the
 //! connections whose closing frees the descriptors.
 
+mod arbiter;
 mod event;
 mod fork;
 mod pool;
+mod prefork;
 mod queue;
 mod serial;
 mod threaded;
@@ -18,6 +20,7 @@ mod threaded;
 pub use event::EventLoop;
 pub use fork::{Forking, DEFAULT_MAX_CHILDREN};
 pub use pool::{ThreadPool, DEFAULT_MAX_CONNECTIONS, DEFAULT_WORKERS};
+pub use prefork::{Prefork, DEFAULT_PREFORK_THREADS};
 pub use serial::Serial;
 pub use threaded::Threaded;
 
@@ -66,7 +69,8 @@ impl private::Sealed for Box<dyn Runner> {}
 
 /// Makes a runner from its name, for `--runner NAME` command lines. `workers` is the runner's
 /// concurrency knob: pool threads for `pool`, event loops for `event`, the maximum of live
-/// connections for `threads` and of live children for `fork`; `serial` ignores it.
+/// connections for `threads`, of live children for `fork` and of worker processes for
+/// `prefork` (each a pool of [`DEFAULT_PREFORK_THREADS`] threads); `serial` ignores it.
 ///
 /// # Errors
 /// [`Error::UnknownRunner`] for a name not in [`NAMES`].
@@ -84,6 +88,7 @@ pub fn by_name(name: &str, workers: usize) -> Result<Box<dyn Runner>> {
         "pool" => Ok(Box::new(ThreadPool::new(workers))),
         "fork" => Ok(Box::new(Forking::new(workers))),
         "event" => Ok(Box::new(EventLoop::new(workers))),
+        "prefork" => Ok(Box::new(Prefork::new(workers))),
         other => Err(Error::UnknownRunner(other.into())),
     }
 }
@@ -210,15 +215,47 @@ pub(crate) fn accept_loop(
 pub(crate) mod private {
     use std::sync::Arc;
 
+    use crate::config::Config;
     use crate::conn::ServeContext;
+    use crate::environ::RunnerFlags;
+    use crate::error::{Error, Result};
+    use crate::handler::{BoxError, Handler};
     use crate::net::Listeners;
+    use crate::shutdown::ShutdownHandle;
 
     pub trait Sealed {}
 
-    /// Everything a runner needs to serve: the listeners and the shared connection context.
+    /// Makes the handler: called once by most runners, once per worker by prefork.
+    pub(crate) type Factory = Box<dyn Fn() -> Result<Box<dyn Handler>, BoxError> + Send + Sync>;
+
+    /// The application: a handler, or a factory that makes one.
+    pub(crate) enum App {
+        Handler(Box<dyn Handler>),
+        Factory(Factory),
+    }
+
+    /// Everything a runner needs to serve: the listeners, the configuration, and the app.
     pub struct Serving {
         pub(crate) listeners: Listeners,
-        pub(crate) ctx: Arc<ServeContext>,
+        pub(crate) config: Arc<Config>,
+        pub(crate) flags: RunnerFlags,
+        pub(crate) shutdown: ShutdownHandle,
+        pub(crate) app: App,
+    }
+
+    impl Serving {
+        /// The listeners and the connection context, the handler made if a factory was given.
+        ///
+        /// # Errors
+        /// [`Error::Factory`] if the factory failed.
+        pub(crate) fn start(self) -> Result<(Listeners, Arc<ServeContext>)> {
+            let handler = match self.app {
+                App::Handler(h) => h,
+                App::Factory(make) => make().map_err(Error::Factory)?,
+            };
+            let ctx = ServeContext { config: self.config, handler, flags: self.flags, shutdown: self.shutdown };
+            Ok((self.listeners, Arc::new(ctx)))
+        }
     }
 
     impl std::fmt::Debug for Serving {

@@ -199,7 +199,7 @@ impl Runner for ThreadPool {
     }
 
     fn run(self: Box<Self>, server: Serving) -> Result<()> {
-        let Serving { listeners, ctx } = server;
+        let (listeners, ctx) = server.start()?;
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&ctx.shutdown.wake_fd()), SHUTDOWN, Interest::READABLE)?;
         let waker = Waker::new(poll.registry(), WAKER)?;

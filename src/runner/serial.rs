@@ -36,7 +36,7 @@ impl Runner for Serial {
     }
 
     fn run(self: Box<Self>, server: Serving) -> Result<()> {
-        let Serving { listeners, ctx } = server;
+        let (listeners, ctx) = server.start()?;
         let serve = |stream, peer, local: &_| serve_connection(stream, peer, local, &ctx);
         super::accept_loop(&listeners, &ctx, None, || false, || {}, serve)
     }

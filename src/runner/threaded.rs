@@ -69,7 +69,7 @@ impl Runner for Threaded {
     }
 
     fn run(self: Box<Self>, server: Serving) -> Result<()> {
-        let Serving { listeners, ctx } = server;
+        let (listeners, ctx) = server.start()?;
         let live = Arc::new(AtomicUsize::new(0));
         let freed = Arc::new(WakePipe::new()?);
         let at_cap = || live.load(Ordering::SeqCst) >= self.max_connections;

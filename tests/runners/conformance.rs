@@ -557,6 +557,7 @@ pub(crate) fn flags(rt: Runner) {
         // `event` runs with 2 loops here.
         "threads" | "pool" | "event" => "multithread=true multiprocess=false run_once=false",
         "fork" => "multithread=false multiprocess=true run_once=false",
+        "prefork" => "multithread=true multiprocess=true run_once=false",
         other => panic!("no expectation for runner {other}"),
     };
     let server = Testbed::start(rt, &[]);

@@ -12,6 +12,7 @@ mod support;
 
 mod conformance;
 mod hostile;
+mod master;
 mod processes;
 
 use conformance::Runner;
@@ -146,6 +147,15 @@ suite!(event, "event", [], 2, 8, ListenerClose::AfterInFlight, {
 
 // Handlers on four offload threads; the loops only read and write.
 suite!(event_offload, "event", ["--threads", "4"], 2, 8, ListenerClose::AfterInFlight, {
+    #[test]
+    fn slowloris_does_not_stall_others() {
+        conformance::slowloris_does_not_stall_others(RUNNER);
+    }
+});
+
+// Two worker processes, each a pool of four threads; the master holds the listeners until its
+// last worker is gone, so they close after the stream in flight.
+suite!(prefork, "prefork", [], 2, 8, ListenerClose::AfterInFlight, {
     #[test]
     fn slowloris_does_not_stall_others() {
         conformance::slowloris_does_not_stall_others(RUNNER);

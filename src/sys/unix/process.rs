@@ -113,3 +113,20 @@ pub(crate) fn wait_for(children: &mut std::collections::HashSet<libc::pid_t>) {
         }
     }
 }
+
+/// In a forked worker: be sent SIGTERM when the process that forked it dies, and exit at once
+/// if it died already (before the request could take effect). Linux's `PR_SET_PDEATHSIG`.
+pub(crate) fn die_with_parent(parent: libc::pid_t) {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and has no memory effects.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        exit_now(0);
+    }
+}
+
+/// This process's id.
+pub(crate) fn pid() -> libc::pid_t {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}

@@ -11,24 +11,34 @@ static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 static STOP_FD: AtomicI32 = AtomicI32::new(-1);
 /// Write end of the pipe SIGCHLD wakes the fork runner through, or -1.
 static CHILD_FD: AtomicI32 = AtomicI32::new(-1);
+/// Write end of the prefork master's signal pipe, or -1: each signal writes its number.
+static MASTER_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// The signals the prefork master handles.
+pub(crate) const MASTER_SIGNALS: [libc::c_int; 7] =
+    [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU, libc::SIGCHLD];
 
 extern "C" fn on_stop(signal: libc::c_int) {
     if STOP_REQUESTED.swap(true, Ordering::SeqCst) && signal == libc::SIGINT {
         // A second Ctrl-C: the user wants out now.
         super::process::exit_now(130);
     }
-    wake(&STOP_FD);
+    wake(&STOP_FD, 1);
 }
 
 extern "C" fn on_child(_: libc::c_int) {
-    wake(&CHILD_FD);
+    wake(&CHILD_FD, 1);
 }
 
-fn wake(fd: &AtomicI32) {
+extern "C" fn on_master(signal: libc::c_int) {
+    // Signal numbers fit a byte on Linux (at most 64).
+    wake(&MASTER_FD, signal as u8);
+}
+
+fn wake(fd: &AtomicI32, byte: u8) {
     let fd = fd.load(Ordering::SeqCst);
     if fd >= 0 {
         let saved = errno();
-        let byte = 1u8;
         // SAFETY: write(2) is async-signal-safe; it writes one byte from a live stack variable.
         unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
         set_errno(saved);
@@ -89,6 +99,31 @@ pub(crate) fn reset_in_child() {
     CHILD_FD.store(-1, Ordering::SeqCst);
     STOP_FD.store(-1, Ordering::SeqCst);
     let _ = install(libc::SIGCHLD, libc::SIG_DFL);
+    if MASTER_FD.swap(-1, Ordering::SeqCst) >= 0 {
+        // A prefork worker: every master signal back to its default, and no stop seen yet.
+        for signal in MASTER_SIGNALS {
+            let _ = install(signal, libc::SIG_DFL);
+        }
+        STOP_REQUESTED.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Makes every signal of [`MASTER_SIGNALS`] write its number to `wake_fd` (the prefork master's
+/// signal pipe), replacing the stop handlers.
+pub(crate) fn handle_master_signals(wake_fd: RawFd) -> io::Result<()> {
+    MASTER_FD.store(wake_fd, Ordering::SeqCst);
+    for signal in MASTER_SIGNALS {
+        install(signal, on_master as *const () as libc::sighandler_t)?;
+    }
+    Ok(())
+}
+
+/// Gives the master's signals their default actions back.
+pub(crate) fn restore_master_signals() {
+    for signal in MASTER_SIGNALS {
+        let _ = install(signal, libc::SIG_DFL);
+    }
+    MASTER_FD.store(-1, Ordering::SeqCst);
 }
 
 /// Gives SIGCHLD its default action back.

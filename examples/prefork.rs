@@ -1,0 +1,61 @@
+//! cargo run --release --example prefork [-- --workers 4 --threads 4 --bind ADDR]
+//!
+//! A master and worker processes (the prefork runner by default), each worker with state of
+//! its own, built after the fork by the handler factory: its pid, when it booted, and how many
+//! requests it answered. Send the master `HUP` and the answers come from new workers.
+//! - `/`: `worker PID, up Ns, request N`;
+//! - `/slow?ms=N`: the same after N ms;
+//! - `/crash`: the worker aborts (the master replaces it).
+//!
+//! `PREFORK_FAIL_IF_EXISTS=PATH`: the factory fails while PATH exists, as a worker that cannot
+//! reach its database would (a reload then keeps the old workers).
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// One worker's state.
+struct Worker {
+    pid: u32,
+    booted: Instant,
+    requests: AtomicU64,
+}
+
+impl sgi::Handler for Worker {
+    fn call(
+        &self,
+        env: &mut sgi::Environ<'_>,
+        start_response: sgi::StartResponse<'_>,
+    ) -> Result<sgi::Response, sgi::BoxError> {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        match env.path_info() {
+            b"/crash" => std::process::abort(),
+            b"/slow" => {
+                let ms = std::str::from_utf8(env.query_string())
+                    .ok()
+                    .and_then(|q| q.strip_prefix("ms="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000);
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            _ => {}
+        }
+        let body = format!("worker {}, up {}s, request {n}\n", self.pid, self.booted.elapsed().as_secs());
+        Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body(body))
+    }
+}
+
+fn main() {
+    let fail_if = std::env::var_os("PREFORK_FAIL_IF_EXISTS");
+    // With `--runner prefork` (add it: the examples default to the pool) each worker calls this
+    // after the fork.
+    common::serve_factory("prefork", sgi::Config::default(), move || {
+        if let Some(path) = &fail_if {
+            if std::path::Path::new(path).exists() {
+                return Err(format!("{} exists: refusing to boot", path.to_string_lossy()).into());
+            }
+        }
+        Ok(Worker { pid: std::process::id(), booted: Instant::now(), requests: AtomicU64::new(0) })
+    });
+}

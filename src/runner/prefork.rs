@@ -1,0 +1,316 @@
+//! The prefork runner: a master process that keeps N worker processes serving the same
+//! listeners, gunicorn's arbiter. The decisions are the [`Arbiter`]'s; this module does the
+//! forking, signalling and reaping.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::arbiter::{Action, Arbiter, Event, Sig, BOOT_ERROR};
+use super::private::{App, Sealed, Serving};
+use super::{Runner, ThreadPool};
+use crate::config::Config;
+use crate::conn::panic_message;
+use crate::environ::RunnerFlags;
+use crate::error::{Error, Result};
+use crate::net::Listeners;
+use crate::shutdown::ShutdownHandle;
+use crate::sys::unix::{self, process, signal};
+
+/// Default number of threads of the pool inside each worker ([`Prefork::threads`]).
+pub const DEFAULT_PREFORK_THREADS: usize = 4;
+
+/// Exit status of a worker whose runner failed, or panicked outside a handler.
+const WORKER_FAILED: i32 = 1;
+/// What a worker writes to its status pipe once it serves.
+const READY: u8 = b'R';
+
+/// A master process and N worker processes on the same listeners, like gunicorn.
+///
+/// The master binds (or inherits) the listeners, forks the workers and never serves a request
+/// itself; each worker runs another runner on the listeners: a [`ThreadPool`] of
+/// [`DEFAULT_PREFORK_THREADS`] threads by default ([`Prefork::threads`]), or any other
+/// ([`Prefork::inner`]: [`Serial`](super::Serial) for gunicorn's sync-worker isolation). A worker
+/// calls the handler factory given to [`Server::serve_factory`](crate::Server::serve_factory)
+/// after the fork, so that each builds its own state; with [`Server::serve`](crate::Server::serve)
+/// every worker starts with a copy of the master's handler. A worker reports to the master once
+/// its handler is made; a factory that fails (or panics) is a worker that cannot boot.
+///
+/// The master, on its signals (gunicorn's meanings):
+///
+/// | signal | effect |
+/// |---|---|
+/// | `TERM` | graceful stop: workers finish their requests within [`Config::graceful_timeout`](crate::Config::graceful_timeout), then are killed; `serve` returns once all are gone |
+/// | `INT`, `QUIT` | quick stop: workers are killed at once |
+/// | `HUP` | graceful reload: N new workers first (a new call of the factory in each); once every one of them serves, the old ones get `TERM`; if the new ones cannot boot, the old ones keep serving and the failure is logged |
+/// | `TTIN` / `TTOU` | one worker more / fewer (never fewer than one) |
+/// | `CHLD` | reaping: a worker that died is replaced |
+///
+/// A worker that dies (a panic that escapes, an abort, `SIGKILL`, `SIGSEGV`) is reaped and
+/// replaced; one that dies within a second of its start, or cannot boot, makes the next start
+/// wait (100 ms, doubling up to 5 s), so that a crash loop does not spin; when no worker can
+/// boot at all, the master stops every worker and `serve` returns [`Error::Workers`]. Signal
+/// handlers only write the signal's number to a pipe; all work happens in the master's loop,
+/// which also reaps every exited worker each turn. A worker whose master dies gets `SIGTERM`
+/// (`PR_SET_PDEATHSIG`) and stops gracefully. The master owns a Unix socket's file: a worker
+/// never removes it.
+///
+/// # Platform notes
+/// Linux. `fork` is only sound in a single-threaded process: `serve` refuses with
+/// [`Error::NotSingleThreaded`] if the process runs more than one thread when it starts, and the
+/// master stays single-threaded. Start it from `main` before anything spawns threads.
+///
+/// ```no_run
+/// # fn main() -> Result<(), sgi::Error> {
+/// sgi::Server::bind("127.0.0.1:8000")?
+///     .runner(sgi::runner::Prefork::new(4).threads(8))
+///     .serve_factory(|| Ok(sgi::handler_fn(|_env, sr| Ok(sr.start("200 OK", [("Content-Type", "text/plain")])?.body("hi")))))
+/// # }
+/// ```
+pub struct Prefork {
+    workers: usize,
+    inner: Box<dyn Runner>,
+}
+
+impl std::fmt::Debug for Prefork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefork").field("workers", &self.workers).field("inner", &self.inner.name()).finish()
+    }
+}
+
+impl Prefork {
+    /// A master keeping `workers` worker processes (at least 1), each running a pool of
+    /// [`DEFAULT_PREFORK_THREADS`] threads.
+    pub fn new(workers: usize) -> Prefork {
+        Prefork { workers: workers.max(1), inner: Box::new(ThreadPool::new(DEFAULT_PREFORK_THREADS)) }
+    }
+
+    /// Each worker runs a [`ThreadPool`] of `threads` threads (gunicorn's `--threads`).
+    pub fn threads(self, threads: usize) -> Prefork {
+        self.inner(ThreadPool::new(threads))
+    }
+
+    /// Each worker runs `runner` (any runner but prefork itself).
+    pub fn inner(mut self, runner: impl Runner) -> Prefork {
+        self.inner = Box::new(runner);
+        self
+    }
+}
+
+impl Sealed for Prefork {}
+
+impl Runner for Prefork {
+    fn name(&self) -> &'static str {
+        "prefork"
+    }
+
+    fn flags(&self) -> RunnerFlags {
+        RunnerFlags { multiprocess: true, ..self.inner.flags() }
+    }
+
+    fn run(self: Box<Self>, server: Serving) -> Result<()> {
+        let threads = process::thread_count()?;
+        if threads > 1 {
+            return Err(Error::NotSingleThreaded(threads));
+        }
+        if self.inner.name() == "prefork" {
+            return Err(Error::Io(io::Error::other("a prefork worker cannot run prefork itself")));
+        }
+        let (signal_read, signal_write) = unix::pipe()?;
+        signal::handle_master_signals(signal_write.as_raw_fd())?;
+        let Serving { listeners, config, flags, shutdown, app } = server;
+        let master = Master {
+            arbiter: Arbiter::new(self.workers, config.graceful_timeout),
+            signals: File::from(signal_read),
+            signal_write: signal_write.as_raw_fd(),
+            statuses: BTreeMap::new(),
+            pid: process::pid(),
+            worker: Some(WorkerKit { listeners, inner: self.inner, app }),
+            config,
+            flags,
+            shutdown,
+        };
+        let result = master.run();
+        signal::restore_master_signals();
+        drop(signal_write);
+        result
+    }
+}
+
+/// What a worker takes with it: the master keeps it, and each forked copy takes its own.
+struct WorkerKit {
+    listeners: Listeners,
+    inner: Box<dyn Runner>,
+    app: App,
+}
+
+/// The master's loop state.
+struct Master {
+    arbiter: Arbiter,
+    /// The signal pipe: each signal the master handles writes its number.
+    signals: File,
+    signal_write: RawFd,
+    /// Each live worker's status pipe (read end): it writes [`READY`] once it serves.
+    statuses: BTreeMap<i32, File>,
+    pid: libc::pid_t,
+    /// `None` only in a forked worker, which took it.
+    worker: Option<WorkerKit>,
+    config: Arc<Config>,
+    flags: RunnerFlags,
+    shutdown: ShutdownHandle,
+}
+
+impl Master {
+    fn run(mut self) -> Result<()> {
+        let mut actions = Vec::new();
+        let mut events = vec![Event::Start];
+        loop {
+            let now = Instant::now();
+            for event in events.drain(..) {
+                self.arbiter.handle(event, now, &mut actions);
+            }
+            // Acting may bring events (a worker spawned), which may bring actions again.
+            while !actions.is_empty() {
+                for action in std::mem::take(&mut actions) {
+                    match action {
+                        Action::Spawn { generation } => {
+                            let event = match self.spawn() {
+                                Ok(pid) => Event::Spawned { pid, generation },
+                                Err(e) => {
+                                    self.config.log(&format!("cannot fork a worker: {e}"));
+                                    Event::SpawnFailed
+                                }
+                            };
+                            let mut more = Vec::new();
+                            self.arbiter.handle(event, Instant::now(), &mut more);
+                            actions.extend(more);
+                        }
+                        Action::Signal { pid, sig } => {
+                            process::kill(pid, if sig == Sig::Term { libc::SIGTERM } else { libc::SIGKILL })
+                        }
+                        Action::Log(line) => self.config.log(&line),
+                        Action::Done(result) => return result.map_err(|why| Error::Workers(why.into())),
+                    }
+                }
+            }
+            let mut fds = vec![self.signals.as_raw_fd(), self.shutdown.wake_fd()];
+            fds.extend(self.statuses.values().map(AsRawFd::as_raw_fd));
+            let timeout = self.arbiter.next_tick(Instant::now());
+            unix::wait_readable(&fds, timeout)?;
+            self.read_signals(&mut events);
+            self.read_statuses(&mut events);
+            // Every turn, not only on SIGCHLD: no zombie outlives one turn of the loop.
+            process::reap(|exit| {
+                self.statuses.remove(&exit.pid);
+                events.push(Event::Exited { pid: exit.pid, code: exit.code() });
+            });
+            events.push(Event::Tick);
+        }
+    }
+
+    fn read_signals(&mut self, events: &mut Vec<Event>) {
+        let mut buf = [0u8; 64];
+        loop {
+            match self.signals.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => events.extend(buf[..n].iter().filter_map(|&s| match i32::from(s) {
+                    libc::SIGTERM => Some(Event::GracefulStop),
+                    libc::SIGINT | libc::SIGQUIT => Some(Event::QuickStop),
+                    libc::SIGHUP => Some(Event::Reload),
+                    libc::SIGTTIN => Some(Event::MoreWorkers),
+                    libc::SIGTTOU => Some(Event::FewerWorkers),
+                    _ => None, // SIGCHLD: the reaping below
+                })),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break, // WouldBlock: all read
+            }
+        }
+        // `ShutdownHandle::shutdown` is a graceful stop too.
+        if self.shutdown.is_requested() && !self.arbiter.is_stopping() {
+            events.push(Event::GracefulStop);
+        }
+    }
+
+    fn read_statuses(&mut self, events: &mut Vec<Event>) {
+        let mut buf = [0u8; 8];
+        for (&pid, pipe) in &mut self.statuses {
+            // One byte ever comes; end of file (the worker is gone) is left to the reaping.
+            if let Ok(n) = pipe.read(&mut buf) {
+                if buf[..n].contains(&READY) {
+                    events.push(Event::Ready { pid });
+                }
+            }
+        }
+    }
+
+    /// Forks one worker; returns its pid. The worker never returns from here.
+    fn spawn(&mut self) -> io::Result<i32> {
+        let (status_read, status_write) = unix::pipe()?;
+        match process::fork(signal::reset_in_child)? {
+            process::Forked::Parent { child } => {
+                drop(status_write);
+                self.statuses.insert(child, File::from(status_read));
+                Ok(child)
+            }
+            process::Forked::Child => {
+                process::die_with_parent(self.pid);
+                // What only the master needs: its signal pipe, its stop pipe, the other
+                // workers' status pipes, this worker's read end.
+                let mut master_fds = vec![self.signals.as_raw_fd(), self.signal_write, status_read.as_raw_fd()];
+                master_fds.extend(self.shutdown.pipe_fds());
+                master_fds.extend(self.statuses.values().map(AsRawFd::as_raw_fd));
+                for fd in master_fds {
+                    unix::close_in_child(fd);
+                }
+                // This process's copy of what the master keeps: it never returns to the master's
+                // loop, so taking it away from there is safe.
+                let kit = self.worker.take().expect("the master keeps the worker kit");
+                worker(kit, &self.config, self.flags, File::from(status_write))
+            }
+        }
+    }
+}
+
+/// A worker's life: make the handler, report, serve until told to stop, exit. Never returns
+/// into the master's code, and never runs the master's destructors (a Unix socket's file is
+/// the master's to remove).
+fn worker(kit: WorkerKit, config: &Arc<Config>, flags: RunnerFlags, mut status: File) -> ! {
+    let pid = process::pid();
+    let WorkerKit { listeners, inner, app } = kit;
+    let handler = match app {
+        App::Handler(handler) => Ok(handler),
+        App::Factory(make) => match catch_unwind(AssertUnwindSafe(make)) {
+            Ok(made) => made.map_err(|e| format!("the handler factory failed: {e}")),
+            Err(panic) => Err(format!("the handler factory panicked: {}", panic_message(&*panic))),
+        },
+    };
+    let handler = handler.unwrap_or_else(|why| {
+        config.log(&format!("worker {pid} cannot boot: {why}"));
+        process::exit_now(BOOT_ERROR);
+    });
+    let served = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+        let shutdown = ShutdownHandle::new()?;
+        let _signals = shutdown.handle_signals()?;
+        let _ = status.write_all(&[READY]);
+        drop(status);
+        let listeners = listeners.without_files();
+        let serving = Serving { listeners, config: Arc::clone(config), flags, shutdown, app: App::Handler(handler) };
+        inner.run(serving)
+    }));
+    let code = match served {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            config.log(&format!("worker {pid} stopped: {e}"));
+            WORKER_FAILED
+        }
+        Err(panic) => {
+            config.log(&format!("worker {pid} panicked: {}", panic_message(&*panic)));
+            WORKER_FAILED
+        }
+    };
+    process::exit_now(code)
+}

@@ -1,0 +1,338 @@
+//! The prefork master as a real process tree (`examples/prefork`): workers started, replaced
+//! when they die, reloaded on HUP with no failed request, resized on TTIN / TTOU, stopped on
+//! TERM with nothing lost; checked in `/proc` (children, zombies, descriptors). Bounded in time;
+//! 127.0.0.1 only; each test runs alone (`process_support::exclusive`).
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::process_support::{children_of, fd_count, ServerProcess};
+
+/// The master's live workers (zombies are counted apart).
+fn workers(master: u32) -> BTreeSet<u32> {
+    children_of(master).into_iter().filter(|s| s.state != 'Z').map(|s| s.pid).collect()
+}
+
+fn zombies(master: u32) -> Vec<u32> {
+    children_of(master).into_iter().filter(|s| s.state == 'Z').map(|s| s.pid).collect()
+}
+
+/// Polls `done` every 20 ms for up to `timeout`.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// One `GET path` with `Connection: close`: the body of a 200, or why not.
+fn ask(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut got = String::new();
+    s.read_to_string(&mut got).map_err(|e| format!("read: {e}"))?;
+    match got.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200 ") => Ok(body.to_string()),
+        _ => Err(format!("got {got:?}")),
+    }
+}
+
+/// The worker pid in a `/` answer (`worker PID, up Ns, request N`).
+fn answering_pid(body: &str) -> u32 {
+    body.strip_prefix("worker ").and_then(|r| r.split(',').next()).and_then(|p| p.parse().ok()).unwrap()
+}
+
+/// Keeps requests going until `stop_by`: keep-alive ones (reconnecting when the server says
+/// `Connection: close`), or one connection per request. Returns (answered, failures).
+fn closed_loop(addr: SocketAddr, stop_by: Instant, keep_alive: bool) -> (usize, Vec<String>) {
+    let mut answered = 0;
+    let mut failures = Vec::new();
+    let mut conn: Option<TcpStream> = None;
+    while Instant::now() < stop_by {
+        let mut stream = match conn.take() {
+            Some(s) => s,
+            None => match TcpStream::connect(addr) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    s
+                }
+                Err(e) => {
+                    failures.push(format!("connect: {e}"));
+                    continue;
+                }
+            },
+        };
+        let close = if keep_alive { "" } else { "Connection: close\r\n" };
+        if let Err(e) = stream.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\n{close}\r\n").as_bytes()) {
+            failures.push(format!("write after {answered}: {e}"));
+            continue;
+        }
+        match read_response(&mut stream) {
+            Ok(closes) => {
+                answered += 1;
+                if keep_alive && !closes {
+                    conn = Some(stream);
+                }
+            }
+            Err(e) => failures.push(format!("after {answered}: {e}")),
+        }
+    }
+    (answered, failures)
+}
+
+/// Reads one response with a `Content-Length` body; returns whether it closes the connection.
+fn read_response(stream: &mut TcpStream) -> Result<bool, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if !head.starts_with("http/1.1 200 ") {
+                return Err(format!("status {head:?}"));
+            }
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or("no content-length")?;
+            if buf.len() >= end + 4 + len {
+                return Ok(head.contains("\r\nconnection: close"));
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err("closed without an answer".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+fn start(workers: &str) -> ServerProcess {
+    ServerProcess::start("prefork", &["--workers", workers, "--threads", "2"])
+}
+
+#[test]
+fn the_master_keeps_its_workers_and_replaces_one_that_is_killed() {
+    let server = start("2");
+    let addr = server.addr();
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2), "two workers");
+    let first = workers(server.pid);
+    for w in &first {
+        let s = crate::process_support::stat(*w).unwrap();
+        assert_eq!(s.ppid, server.pid, "a worker is the master's child");
+    }
+    ask(addr, "/").unwrap();
+    let victim = *first.iter().next().unwrap();
+    let kill = std::process::Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
+    assert!(kill.success());
+    let replaced = wait_until(Duration::from_secs(5), || {
+        let now = workers(server.pid);
+        now.len() == 2 && !now.contains(&victim)
+    });
+    assert!(replaced, "workers now {:?}; output:\n{}", workers(server.pid), server.output());
+    assert!(zombies(server.pid).is_empty(), "zombies: {:?}", zombies(server.pid));
+    for _ in 0..10 {
+        ask(addr, "/").unwrap();
+    }
+    assert!(server.output().contains(&format!("worker {victim} exited with status 137")), "{}", server.output());
+}
+
+/// A worker that aborts in a handler is replaced; the other requests go on.
+#[test]
+fn a_worker_that_crashes_is_replaced_and_the_others_keep_serving() {
+    let server = start("2");
+    let addr = server.addr();
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2));
+    assert!(ask(addr, "/crash").is_err(), "the crashing request gets no answer");
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2 && zombies(server.pid).is_empty()));
+    for _ in 0..10 {
+        ask(addr, "/").unwrap();
+    }
+    assert!(server.output().contains("exited with status 134"), "SIGABRT: {}", server.output());
+}
+
+/// HUP under a closed-loop load of keep-alive and new-connection clients: every request is
+/// answered, and afterwards only new workers serve.
+#[test]
+fn hup_under_load_fails_no_request_and_replaces_every_worker() {
+    let server = start("2");
+    let addr = server.addr();
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2));
+    let old = workers(server.pid);
+    let stop_by = Instant::now() + Duration::from_secs(4);
+    let clients: Vec<_> = (0..6).map(|i| thread::spawn(move || closed_loop(addr, stop_by, i % 2 == 0))).collect();
+    thread::sleep(Duration::from_secs(1));
+    server.signal("HUP");
+    let mut answered = 0;
+    for c in clients {
+        let (n, failures) = c.join().unwrap();
+        assert!(failures.is_empty(), "{failures:#?}\noutput:\n{}", server.output());
+        answered += n;
+    }
+    assert!(answered > 100, "only {answered} requests in 4 s");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let now = workers(server.pid);
+            now.len() == 2 && now.is_disjoint(&old)
+        }),
+        "old {old:?}, now {:?}\n{}",
+        workers(server.pid),
+        server.output()
+    );
+    let pid = answering_pid(&ask(addr, "/").unwrap());
+    assert!(!old.contains(&pid), "answered by old worker {pid}");
+}
+
+/// A reload whose new workers cannot boot (their factory fails) leaves the old ones serving.
+#[test]
+fn hup_with_a_failing_factory_keeps_the_old_workers() {
+    let flag = PathBuf::from(format!("/tmp/sgi-prefork-fail-{}", std::process::id()));
+    let _ = std::fs::remove_file(&flag);
+    let flag_env = flag.to_string_lossy().into_owned();
+    let server = ServerProcess::start_with(
+        "prefork",
+        &["--workers", "2", "--threads", "2"],
+        &[("PREFORK_FAIL_IF_EXISTS", &flag_env)],
+        &[],
+    );
+    let addr = server.addr();
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2));
+    let old = workers(server.pid);
+    std::fs::write(&flag, b"").unwrap();
+    server.signal("HUP");
+    let gave_up = wait_until(Duration::from_secs(5), || server.output().contains("reload failed"));
+    std::fs::remove_file(&flag).unwrap();
+    assert!(gave_up, "{}", server.output());
+    assert!(wait_until(Duration::from_secs(3), || workers(server.pid) == old), "{:?} vs {old:?}", workers(server.pid));
+    for _ in 0..10 {
+        let pid = answering_pid(&ask(addr, "/").unwrap());
+        assert!(old.contains(&pid), "answered by {pid}, not an old worker");
+    }
+    // Once the factory works again, a reload goes through.
+    server.signal("HUP");
+    assert!(wait_until(Duration::from_secs(5), || {
+        let now = workers(server.pid);
+        now.len() == 2 && now.is_disjoint(&old)
+    }));
+}
+
+/// When no worker can boot, the master stops with the reason and a failure status.
+#[test]
+fn when_no_worker_can_boot_the_master_exits_with_the_reason() {
+    let flag = PathBuf::from(format!("/tmp/sgi-prefork-noboot-{}", std::process::id()));
+    std::fs::write(&flag, b"").unwrap();
+    let flag_env = flag.to_string_lossy().into_owned();
+    let mut cmd = std::process::Command::new(crate::process_support::example("prefork"));
+    cmd.args(["--bind", "127.0.0.1:0", "--workers", "2"]).env("PREFORK_FAIL_IF_EXISTS", &flag_env);
+    let _alone = crate::process_support::exclusive();
+    let started = Instant::now();
+    let out = cmd.output().unwrap();
+    std::fs::remove_file(&flag).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no worker could boot"), "{stderr}");
+    assert!(stderr.contains("refusing to boot"), "the factory's reason is logged: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn ttin_and_ttou_change_the_number_of_workers() {
+    let server = start("2");
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2));
+    server.signal("TTIN");
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 3), "{:?}", workers(server.pid));
+    server.signal("TTOU");
+    server.signal("TTOU");
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 1), "{:?}", workers(server.pid));
+    server.signal("TTOU");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(workers(server.pid).len(), 1, "never fewer than one");
+    ask(server.addr(), "/").unwrap();
+}
+
+/// TERM with a slow request in flight: it is answered, then the master exits 0 and leaves no
+/// worker behind.
+#[test]
+fn term_loses_no_request_in_flight() {
+    let mut server = start("2");
+    let addr = server.addr();
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2));
+    let all = workers(server.pid);
+    let slow = thread::spawn(move || ask(addr, "/slow?ms=1500"));
+    thread::sleep(Duration::from_millis(300));
+    server.signal("TERM");
+    let answer = slow.join().unwrap();
+    assert!(answer.is_ok(), "{answer:?}\n{}", server.output());
+    let status = server.wait_exit(Duration::from_secs(5)).expect("the master exits");
+    assert!(status.success(), "{status}\n{}", server.output());
+    for pid in all {
+        assert!(crate::process_support::stat(pid).is_none(), "worker {pid} outlived its master");
+    }
+}
+
+/// A master killed with SIGKILL takes its workers with it (they get SIGTERM and stop).
+#[test]
+fn workers_stop_when_their_master_dies() {
+    let mut server = start("2");
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2));
+    let all = workers(server.pid);
+    server.signal("KILL");
+    server.wait_exit(Duration::from_secs(5)).expect("the master is gone");
+    let gone = wait_until(Duration::from_secs(5), || all.iter().all(|&p| crate::process_support::stat(p).is_none()));
+    assert!(gone, "orphaned workers: {all:?}");
+}
+
+/// 30 reloads: the master's descriptors stay as they were, and no zombie is left.
+#[test]
+fn the_masters_descriptors_stay_flat_across_reloads() {
+    let server = start("1");
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 1));
+    let before = fd_count(server.pid);
+    for i in 0..30 {
+        let old = workers(server.pid);
+        server.signal("HUP");
+        let swapped = wait_until(Duration::from_secs(5), || {
+            let now = workers(server.pid);
+            now.len() == 1 && now.is_disjoint(&old)
+        });
+        assert!(swapped, "reload {i}: {:?}\n{}", workers(server.pid), server.output());
+    }
+    assert!(wait_until(Duration::from_secs(2), || zombies(server.pid).is_empty()));
+    assert_eq!(fd_count(server.pid), before, "the master's descriptors changed across 30 reloads");
+    ask(server.addr(), "/").unwrap();
+}
+
+/// The master owns a Unix socket's file: workers that die or retire never remove it; the
+/// master removes it when it stops.
+#[test]
+fn the_unix_socket_file_survives_worker_exits() {
+    let path = PathBuf::from(format!("/tmp/sgi-prefork-{}.sock", std::process::id()));
+    let mut server = ServerProcess::start_unix("prefork", &path, &["--workers", "2", "--threads", "2"]);
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2));
+    let old = workers(server.pid);
+    let victim = *old.iter().next().unwrap();
+    std::process::Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
+    server.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(5), || workers(server.pid).is_disjoint(&old) && workers(server.pid).len() == 2)
+    );
+    assert!(path.exists(), "the socket file went with a worker");
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got:?}");
+    server.signal("TERM");
+    server.wait_exit(Duration::from_secs(5)).expect("exit");
+    assert!(!path.exists(), "the master removes its socket file at the end");
+}
