@@ -251,7 +251,10 @@ fn ttin_and_ttou_change_the_number_of_workers() {
     assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2));
     server.signal("TTIN");
     assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 3), "{:?}", workers(server.pid));
+    // One at a time: two of the same signal sent at once may arrive as one (they coalesce while
+    // pending).
     server.signal("TTOU");
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2), "{:?}", workers(server.pid));
     server.signal("TTOU");
     assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 1), "{:?}", workers(server.pid));
     server.signal("TTOU");
