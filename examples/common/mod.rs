@@ -10,8 +10,8 @@ pub struct Options {
     pub keep_alive: Option<std::time::Duration>,
 }
 
-/// Parses `--bind ADDR --runner NAME --workers N --threads M --max-connections N --keep-alive
-/// SECONDS` (defaults: 127.0.0.1:8000, pool, 4 (event: one loop per CPU), the runner's own, the
+/// Parses `--bind ADDR --runner NAME --workers N --threads M --timeout SECONDS
+/// --max-connections N --keep-alive SECONDS` (defaults: 127.0.0.1:8000, pool, 4 (event: one loop per CPU), the runner's own, the
 /// runner's cap, the library's timeout); exits with a usage message on anything else.
 pub fn options(example: &str) -> Options {
     let mut bind = "127.0.0.1:8000".to_string();
@@ -19,6 +19,7 @@ pub fn options(example: &str) -> Options {
     let mut runner = if example == "prefork" { "prefork" } else { "pool" }.to_string();
     let mut workers = None;
     let mut threads = None;
+    let mut timeout = None;
     let mut max_connections = None;
     let mut keep_alive = None;
     let mut args = std::env::args().skip(1);
@@ -34,6 +35,10 @@ pub fn options(example: &str) -> Options {
             "--threads" => {
                 let n = value("--threads").parse().unwrap_or_else(|_| usage(example, "--threads takes a number"));
                 threads = Some(n);
+            }
+            "--timeout" => {
+                let s: u64 = value("--timeout").parse().unwrap_or_else(|_| usage(example, "--timeout takes seconds"));
+                timeout = Some(s);
             }
             "--max-connections" => {
                 let n = value("--max-connections")
@@ -51,6 +56,9 @@ pub fn options(example: &str) -> Options {
         }
     }
     let workers_or_default = workers.unwrap_or(4);
+    if timeout.is_some() && runner != "prefork" {
+        usage(example, "--timeout is for the prefork runner");
+    }
     let runner: Box<dyn sgi::runner::Runner> = match (runner.as_str(), threads, max_connections) {
         ("pool", None, Some(max)) => Box::new(sgi::runner::ThreadPool::new(workers_or_default).max_connections(max)),
         ("event", threads, max) => {
@@ -61,10 +69,15 @@ pub fn options(example: &str) -> Options {
             }
             Box::new(event)
         }
-        ("prefork", threads, None) => Box::new(
-            sgi::runner::Prefork::new(workers_or_default)
-                .threads(threads.unwrap_or(sgi::runner::DEFAULT_PREFORK_THREADS)),
-        ),
+        ("prefork", threads, None) => {
+            let mut prefork = sgi::runner::Prefork::new(workers_or_default)
+                .threads(threads.unwrap_or(sgi::runner::DEFAULT_PREFORK_THREADS));
+            if let Some(seconds) = timeout {
+                // gunicorn's meaning: 0 turns the timeout off.
+                prefork = prefork.timeout((seconds > 0).then(|| std::time::Duration::from_secs(seconds)));
+            }
+            Box::new(prefork)
+        }
         (_, Some(_), _) => usage(example, "--threads is for the event and prefork runners"),
         (_, _, Some(_)) => usage(example, "--max-connections is for the pool and event runners"),
         _ => sgi::runner::by_name(&runner, workers_or_default).unwrap_or_else(|e| usage(example, &e.to_string())),
@@ -78,7 +91,7 @@ fn usage(example: &str, problem: &str) -> ! {
     }
     eprintln!(
         "usage: cargo run --release --example {example} -- [--bind ADDR] [--runner NAME] [--workers N] \
-         [--threads M] [--max-connections N] [--keep-alive SECONDS]\n  runners: {}",
+         [--threads M] [--timeout SECONDS] [--max-connections N] [--keep-alive SECONDS]\n  runners: {}",
         sgi::runner::NAMES.join(", ")
     );
     exit(if problem.is_empty() { 0 } else { 2 })

@@ -15,6 +15,8 @@ const FAST_CRASH: Duration = Duration::from_secs(1);
 /// each one in a row, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a worker killed for its timeout gets between SIGTERM and SIGKILL.
+pub(crate) const OVERDUE_GRACE: Duration = Duration::from_secs(2);
 /// How often the master wants a [`Event::Tick`] while it has something to watch.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
 
@@ -40,6 +42,8 @@ pub(crate) enum Event {
     Ready { pid: i32 },
     /// The worker exited with `code` (128 + signal when killed).
     Exited { pid: i32, code: i32 },
+    /// The worker is stuck (`why`: its request or its heartbeat is older than the timeout).
+    Overdue { pid: i32, why: String },
     /// TERM: stop gracefully.
     GracefulStop,
     /// INT or QUIT: stop now.
@@ -72,9 +76,9 @@ pub(crate) enum Action {
 enum State {
     Booting,
     Serving,
-    /// Told to stop (SIGTERM) at this time; killed once the grace runs out.
+    /// Told to stop (SIGTERM); killed (SIGKILL) if still there at `deadline`.
     Stopping {
-        since: Instant,
+        deadline: Instant,
         killed: bool,
     },
 }
@@ -163,6 +167,12 @@ impl Arbiter {
                 self.failed_once(now, actions);
             }
             Event::Ready { pid } => self.ready(pid, now, actions),
+            Event::Overdue { pid, why } => {
+                if self.workers.get(&pid).is_some_and(|w| !matches!(w.state, State::Stopping { .. })) {
+                    actions.push(Action::Log(format!("worker {pid} timed out ({why}): killing and replacing it")));
+                    self.retire_within(pid, now + OVERDUE_GRACE, actions);
+                }
+            }
             Event::Exited { pid, code } => self.exited(pid, code, now, actions),
             Event::GracefulStop => {
                 if self.stopping.is_none() {
@@ -179,7 +189,7 @@ impl Arbiter {
                 self.stopping = Some(None);
                 for (&pid, w) in &mut self.workers {
                     if !matches!(w.state, State::Stopping { killed: true, .. }) {
-                        w.state = State::Stopping { since: now, killed: true };
+                        w.state = State::Stopping { deadline: now, killed: true };
                         actions.push(Action::Signal { pid, sig: Sig::Kill });
                     }
                 }
@@ -230,12 +240,27 @@ impl Arbiter {
             .map(|(&pid, _)| pid)
     }
 
-    /// Sends SIGTERM to a worker: it finishes its requests and exits, or is killed at the grace.
+    /// Sends SIGTERM to a worker: it finishes its requests and exits, or is killed at the grace
+    /// (at a graceful stop's deadline, if one is under way).
     fn retire(&mut self, pid: i32, now: Instant, actions: &mut Vec<Action>) {
+        let deadline = match self.stopping {
+            Some(Some(deadline)) => deadline,
+            _ => now + self.grace,
+        };
+        self.retire_within(pid, deadline, actions);
+    }
+
+    fn retire_within(&mut self, pid: i32, deadline: Instant, actions: &mut Vec<Action>) {
         if let Some(w) = self.workers.get_mut(&pid) {
-            if !matches!(w.state, State::Stopping { .. }) {
-                w.state = State::Stopping { since: now, killed: false };
-                actions.push(Action::Signal { pid, sig: Sig::Term });
+            match w.state {
+                State::Stopping { deadline: d, killed: false } if deadline < d => {
+                    w.state = State::Stopping { deadline, killed: false };
+                }
+                State::Stopping { .. } => {}
+                _ => {
+                    w.state = State::Stopping { deadline, killed: false };
+                    actions.push(Action::Signal { pid, sig: Sig::Term });
+                }
             }
         }
     }
@@ -319,13 +344,9 @@ impl Arbiter {
     /// Spawns what is missing, kills what overstayed its grace, and ends once all are gone.
     fn settle(&mut self, now: Instant, actions: &mut Vec<Action>) {
         for (&pid, w) in &mut self.workers {
-            if let State::Stopping { since, killed: false } = w.state {
-                let deadline = match self.stopping {
-                    Some(Some(deadline)) => deadline,
-                    _ => since + self.grace,
-                };
+            if let State::Stopping { deadline, killed: false } = w.state {
                 if now >= deadline {
-                    w.state = State::Stopping { since, killed: true };
+                    w.state = State::Stopping { deadline, killed: true };
                     actions.push(Action::Log(format!("worker {pid} did not stop in time: killing it")));
                     actions.push(Action::Signal { pid, sig: Sig::Kill });
                 }
@@ -513,6 +534,23 @@ mod tests {
         assert_eq!(m.done, Some(Ok(())));
         m.event(Event::Reload);
         assert_eq!(m.arbiter.pids(), Vec::<i32>::new(), "nothing after the end");
+    }
+
+    #[test]
+    fn an_overdue_worker_is_replaced_at_once_and_killed_after_a_short_grace() {
+        let mut m = Master::start(2);
+        m.ready_all();
+        m.event(Event::Overdue { pid: 101, why: "request running for 31s".into() });
+        assert_eq!(m.terms(), vec![101]);
+        assert_eq!(m.arbiter.pids(), vec![101, 102, 103], "its replacement starts now");
+        m.after(OVERDUE_GRACE / 2);
+        assert!(!m.signals.contains(&(101, Sig::Kill)));
+        m.after(OVERDUE_GRACE);
+        assert!(m.signals.contains(&(101, Sig::Kill)));
+        // Reported again while it dies: nothing more.
+        let before = m.signals.len();
+        m.event(Event::Overdue { pid: 101, why: "again".into() });
+        assert_eq!(m.signals.len(), before);
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod threaded;
 pub use event::EventLoop;
 pub use fork::{Forking, DEFAULT_MAX_CHILDREN};
 pub use pool::{ThreadPool, DEFAULT_MAX_CONNECTIONS, DEFAULT_WORKERS};
-pub use prefork::{Prefork, DEFAULT_PREFORK_THREADS};
+pub use prefork::{Prefork, DEFAULT_PREFORK_THREADS, DEFAULT_PREFORK_TIMEOUT};
 pub use serial::Serial;
 pub use threaded::Threaded;
 

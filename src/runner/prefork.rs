@@ -2,27 +2,40 @@
 //! listeners, gunicorn's arbiter. The decisions are the [`Arbiter`]'s; this module does the
 //! forking, signalling and reaping.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::arbiter::{Action, Arbiter, Event, Sig, BOOT_ERROR};
 use super::private::{App, Sealed, Serving};
 use super::{Runner, ThreadPool};
 use crate::config::Config;
 use crate::conn::panic_message;
-use crate::environ::RunnerFlags;
+use crate::environ::{Environ, RunnerFlags};
 use crate::error::{Error, Result};
+use crate::handler::{BoxError, Handler, Response, StartResponse};
 use crate::net::Listeners;
 use crate::shutdown::ShutdownHandle;
+use crate::sys::unix::process::SharedWords;
 use crate::sys::unix::{self, process, signal};
 
 /// Default number of threads of the pool inside each worker ([`Prefork::threads`]).
 pub const DEFAULT_PREFORK_THREADS: usize = 4;
+/// Default for [`Prefork::timeout`]: gunicorn's.
+pub const DEFAULT_PREFORK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Word of a worker's [`SharedWords`]: its last heartbeat, in [`process::monotonic_ms`].
+const HEARTBEAT: usize = 0;
+/// Word of a worker's [`SharedWords`]: when its oldest request in progress began (0: none).
+const OLDEST_REQUEST: usize = 1;
+/// Handler calls tracked at once in a worker (one slot per thread that calls handlers).
+const REQUEST_SLOTS: usize = 1024;
 
 /// Exit status of a worker whose runner failed, or panicked outside a handler.
 const WORKER_FAILED: i32 = 1;
@@ -74,11 +87,16 @@ const READY: u8 = b'R';
 pub struct Prefork {
     workers: usize,
     inner: Box<dyn Runner>,
+    timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Prefork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prefork").field("workers", &self.workers).field("inner", &self.inner.name()).finish()
+        f.debug_struct("Prefork")
+            .field("workers", &self.workers)
+            .field("inner", &self.inner.name())
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -86,7 +104,22 @@ impl Prefork {
     /// A master keeping `workers` worker processes (at least 1), each running a pool of
     /// [`DEFAULT_PREFORK_THREADS`] threads.
     pub fn new(workers: usize) -> Prefork {
-        Prefork { workers: workers.max(1), inner: Box::new(ThreadPool::new(DEFAULT_PREFORK_THREADS)) }
+        Prefork {
+            workers: workers.max(1),
+            inner: Box::new(ThreadPool::new(DEFAULT_PREFORK_THREADS)),
+            timeout: Some(DEFAULT_PREFORK_TIMEOUT),
+        }
+    }
+
+    /// The longest one request may run (gunicorn's `--timeout`): a worker with a handler call
+    /// older than this, or whose heartbeat (published by a thread of its own every quarter of
+    /// the timeout, at most every second) stopped for as long, gets SIGTERM, then SIGKILL 2 s
+    /// later, and a replacement at once. `None`: never. Default: [`DEFAULT_PREFORK_TIMEOUT`]
+    /// (30 s). Measured from the handler's call to its return: a response body that takes long
+    /// to produce afterwards is not counted.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Prefork {
+        self.timeout = timeout;
+        self
     }
 
     /// Each worker runs a [`ThreadPool`] of `threads` threads (gunicorn's `--threads`).
@@ -94,7 +127,8 @@ impl Prefork {
         self.inner(ThreadPool::new(threads))
     }
 
-    /// Each worker runs `runner` (any runner but prefork itself).
+    /// Each worker runs `runner` (any runner but prefork and fork: a worker runs a heartbeat
+    /// thread, and fork needs a single-threaded process).
     pub fn inner(mut self, runner: impl Runner) -> Prefork {
         self.inner = Box::new(runner);
         self
@@ -117,8 +151,9 @@ impl Runner for Prefork {
         if threads > 1 {
             return Err(Error::NotSingleThreaded(threads));
         }
-        if self.inner.name() == "prefork" {
-            return Err(Error::Io(io::Error::other("a prefork worker cannot run prefork itself")));
+        if matches!(self.inner.name(), "prefork" | "fork") {
+            let message = format!("a prefork worker cannot run the {} runner", self.inner.name());
+            return Err(Error::Io(io::Error::other(message)));
         }
         let (signal_read, signal_write) = unix::pipe()?;
         signal::handle_master_signals(signal_write.as_raw_fd())?;
@@ -130,6 +165,8 @@ impl Runner for Prefork {
             statuses: BTreeMap::new(),
             pid: process::pid(),
             worker: Some(WorkerKit { listeners, inner: self.inner, app }),
+            timeout: self.timeout,
+            liveness: BTreeMap::new(),
             config,
             flags,
             shutdown,
@@ -159,6 +196,9 @@ struct Master {
     pid: libc::pid_t,
     /// `None` only in a forked worker, which took it.
     worker: Option<WorkerKit>,
+    timeout: Option<Duration>,
+    /// What each live worker publishes: its heartbeat and its oldest request.
+    liveness: BTreeMap<i32, SharedWords>,
     config: Arc<Config>,
     flags: RunnerFlags,
     shutdown: ShutdownHandle,
@@ -204,8 +244,10 @@ impl Master {
             self.read_signals(&mut events);
             self.read_statuses(&mut events);
             // Every turn, not only on SIGCHLD: no zombie outlives one turn of the loop.
+            self.check_liveness(&mut events);
             process::reap(|exit| {
                 self.statuses.remove(&exit.pid);
+                self.liveness.remove(&exit.pid);
                 events.push(Event::Exited { pid: exit.pid, code: exit.code() });
             });
             events.push(Event::Tick);
@@ -235,6 +277,25 @@ impl Master {
         }
     }
 
+    /// A worker whose oldest request, or last heartbeat, is older than the timeout is overdue.
+    fn check_liveness(&self, events: &mut Vec<Event>) {
+        let Some(timeout) = self.timeout else { return };
+        let limit = timeout.as_millis() as u64;
+        let now = process::monotonic_ms();
+        for (&pid, words) in &self.liveness {
+            let heartbeat = words.word(HEARTBEAT).load(Ordering::Relaxed);
+            let oldest = words.word(OLDEST_REQUEST).load(Ordering::Relaxed);
+            let why = if heartbeat != 0 && now.saturating_sub(heartbeat) > limit {
+                format!("no heartbeat for {} ms", now - heartbeat)
+            } else if oldest != 0 && now.saturating_sub(oldest) > limit {
+                format!("a request running for {} ms", now - oldest)
+            } else {
+                continue;
+            };
+            events.push(Event::Overdue { pid, why });
+        }
+    }
+
     fn read_statuses(&mut self, events: &mut Vec<Event>) {
         let mut buf = [0u8; 8];
         for (&pid, pipe) in &mut self.statuses {
@@ -250,10 +311,12 @@ impl Master {
     /// Forks one worker; returns its pid. The worker never returns from here.
     fn spawn(&mut self) -> io::Result<i32> {
         let (status_read, status_write) = unix::pipe()?;
+        let words = SharedWords::new()?;
         match process::fork(signal::reset_in_child)? {
             process::Forked::Parent { child } => {
                 drop(status_write);
                 self.statuses.insert(child, File::from(status_read));
+                self.liveness.insert(child, words);
                 Ok(child)
             }
             process::Forked::Child => {
@@ -269,7 +332,8 @@ impl Master {
                 // This process's copy of what the master keeps: it never returns to the master's
                 // loop, so taking it away from there is safe.
                 let kit = self.worker.take().expect("the master keeps the worker kit");
-                worker(kit, &self.config, self.flags, File::from(status_write))
+                let liveness = self.timeout.map(|t| (t, words));
+                worker(kit, &self.config, self.flags, File::from(status_write), liveness)
             }
         }
     }
@@ -278,7 +342,13 @@ impl Master {
 /// A worker's life: make the handler, report, serve until told to stop, exit. Never returns
 /// into the master's code, and never runs the master's destructors (a Unix socket's file is
 /// the master's to remove).
-fn worker(kit: WorkerKit, config: &Arc<Config>, flags: RunnerFlags, mut status: File) -> ! {
+fn worker(
+    kit: WorkerKit,
+    config: &Arc<Config>,
+    flags: RunnerFlags,
+    mut status: File,
+    liveness: Option<(Duration, SharedWords)>,
+) -> ! {
     let pid = process::pid();
     let WorkerKit { listeners, inner, app } = kit;
     let handler = match app {
@@ -295,6 +365,14 @@ fn worker(kit: WorkerKit, config: &Arc<Config>, flags: RunnerFlags, mut status: 
     let served = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
         let shutdown = ShutdownHandle::new()?;
         let _signals = shutdown.handle_signals()?;
+        let handler: Box<dyn Handler> = match liveness {
+            Some((timeout, words)) => {
+                let in_flight = Arc::new(InFlight::new());
+                heartbeat(timeout, words, Arc::clone(&in_flight))?;
+                Box::new(Timed { inner: handler, in_flight })
+            }
+            None => handler,
+        };
         let _ = status.write_all(&[READY]);
         drop(status);
         let listeners = listeners.without_files();
@@ -313,4 +391,80 @@ fn worker(kit: WorkerKit, config: &Arc<Config>, flags: RunnerFlags, mut status: 
         }
     };
     process::exit_now(code)
+}
+
+/// When each handler call in progress began, one slot per thread that calls handlers.
+struct InFlight {
+    slots: Vec<AtomicU64>,
+    next: AtomicUsize,
+}
+
+thread_local! {
+    /// This thread's slot in the worker's [`InFlight`], once it has called a handler.
+    static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+impl InFlight {
+    fn new() -> InFlight {
+        InFlight { slots: (0..REQUEST_SLOTS).map(|_| AtomicU64::new(0)).collect(), next: AtomicUsize::new(0) }
+    }
+
+    /// This thread's slot; `None` past [`REQUEST_SLOTS`] threads (their calls go untimed).
+    fn slot(&self) -> Option<&AtomicU64> {
+        let index = SLOT.with(|slot| match slot.get() {
+            Some(i) => i,
+            None => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                slot.set(Some(i));
+                i
+            }
+        });
+        self.slots.get(index)
+    }
+
+    /// The start of the oldest call in progress, 0 if none.
+    fn oldest(&self) -> u64 {
+        let used = self.next.load(Ordering::Relaxed).min(REQUEST_SLOTS);
+        self.slots[..used].iter().map(|s| s.load(Ordering::Relaxed)).filter(|&t| t != 0).min().unwrap_or(0)
+    }
+}
+
+/// The app's handler, with each call's start noted for the master's timeout.
+struct Timed {
+    inner: Box<dyn Handler>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Clears a call's slot when the call ends, by return or by panic.
+struct CallDone<'a>(Option<&'a AtomicU64>);
+
+impl Drop for CallDone<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0 {
+            slot.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Handler for Timed {
+    fn call(&self, env: &mut Environ<'_>, start_response: StartResponse<'_>) -> Result<Response, BoxError> {
+        let slot = self.in_flight.slot();
+        if let Some(slot) = slot {
+            slot.store(process::monotonic_ms(), Ordering::Relaxed);
+        }
+        let _done = CallDone(slot);
+        self.inner.call(env, start_response)
+    }
+}
+
+/// Starts the thread that publishes the worker's heartbeat and oldest call to its master.
+fn heartbeat(timeout: Duration, words: SharedWords, in_flight: Arc<InFlight>) -> io::Result<()> {
+    let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    words.word(HEARTBEAT).store(process::monotonic_ms(), Ordering::Relaxed);
+    std::thread::Builder::new().name("sgi-heartbeat".into()).spawn(move || loop {
+        words.word(HEARTBEAT).store(process::monotonic_ms(), Ordering::Relaxed);
+        words.word(OLDEST_REQUEST).store(in_flight.oldest(), Ordering::Relaxed);
+        std::thread::sleep(every);
+    })?;
+    Ok(())
 }

@@ -339,3 +339,32 @@ fn the_unix_socket_file_survives_worker_exits() {
     server.wait_exit(Duration::from_secs(5)).expect("exit");
     assert!(!path.exists(), "the master removes its socket file at the end");
 }
+
+/// A handler that hangs past `--timeout` gets its worker killed (SIGTERM, then SIGKILL) and
+/// replaced at once; its client sees the connection end; the other worker served throughout.
+#[test]
+fn a_hanging_handler_is_killed_at_the_timeout_and_its_worker_replaced() {
+    let server = ServerProcess::start("prefork", &["--workers", "2", "--threads", "2", "--timeout", "2"]);
+    let addr = server.addr();
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2));
+    let before = workers(server.pid);
+    let started = Instant::now();
+    let hung = thread::spawn(move || ask(addr, "/slow?ms=60000"));
+    thread::sleep(Duration::from_millis(500));
+    // Meanwhile the other requests are answered.
+    for _ in 0..5 {
+        ask(addr, "/").unwrap();
+    }
+    let answer = hung.join().unwrap();
+    let took = started.elapsed();
+    assert!(answer.is_err(), "the hung request was answered: {answer:?}");
+    assert!(took < Duration::from_secs(10), "ended after {took:?}");
+    assert!(took > Duration::from_secs(2), "ended after {took:?}, before the timeout");
+    assert!(
+        wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2 && workers(server.pid) != before),
+        "{:?} vs {before:?}",
+        workers(server.pid)
+    );
+    assert!(server.output().contains("timed out (a request running for"), "{}", server.output());
+    ask(addr, "/").unwrap();
+}

@@ -130,3 +130,65 @@ pub(crate) fn pid() -> libc::pid_t {
     // SAFETY: getpid has no preconditions.
     unsafe { libc::getpid() }
 }
+
+/// Milliseconds on `CLOCK_MONOTONIC`: the same clock in every process of the machine, so a
+/// master can compare the times its workers publish with its own.
+pub(crate) fn monotonic_ms() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for clock_gettime to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1000 + now.tv_nsec as u64 / 1_000_000
+}
+
+/// A few words of memory shared between the process that made them and the children it forks
+/// afterwards (an anonymous `MAP_SHARED` mapping): how a prefork worker publishes its liveness
+/// to its master.
+pub(crate) struct SharedWords {
+    words: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+}
+
+// SAFETY: the mapping is only ever accessed through atomics.
+unsafe impl Send for SharedWords {}
+// SAFETY: as above.
+unsafe impl Sync for SharedWords {}
+
+/// Words in a [`SharedWords`].
+pub(crate) const SHARED_WORDS: usize = 2;
+
+impl SharedWords {
+    pub(crate) fn new() -> io::Result<SharedWords> {
+        let len = SHARED_WORDS * std::mem::size_of::<u64>();
+        // SAFETY: an anonymous shared mapping with no address hint has no preconditions; the
+        // result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let words = std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(SharedWords { words })
+    }
+
+    /// Word `i` (below [`SHARED_WORDS`]).
+    pub(crate) fn word(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(i < SHARED_WORDS);
+        // SAFETY: the mapping holds SHARED_WORDS zero-initialised, page-aligned u64s, valid for
+        // as long as `self`; AtomicU64 has the layout of u64.
+        unsafe { &*self.words.as_ptr().add(i) }
+    }
+}
+
+impl Drop for SharedWords {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` made; no reference outlives `self`.
+        unsafe { libc::munmap(self.words.as_ptr().cast(), SHARED_WORDS * std::mem::size_of::<u64>()) };
+    }
+}
