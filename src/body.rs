@@ -152,6 +152,16 @@ impl Body {
         }
     }
 
+    /// The whole body, when it is bytes in one piece (what [`Body::next_chunk`] would give,
+    /// then the end); otherwise the body back.
+    #[inline]
+    pub(crate) fn into_bytes(self) -> Result<Bytes, Body> {
+        match self.kind {
+            Kind::Bytes(b) => Ok(b),
+            kind => Err(Body { kind }),
+        }
+    }
+
     /// Whether the body has nothing more to give (known without pulling again).
     pub(crate) fn is_done(&self) -> bool {
         matches!(self.kind, Kind::Done | Kind::Empty)

@@ -226,7 +226,7 @@ impl<S: Transport> Conn<S> {
     /// Runs the handler for one request and gives its response to the session; returns the
     /// time it was done.
     fn exchange(&mut self, req: RequestHead) -> Instant {
-        let ctx = Arc::clone(&self.ctx);
+        let ctx = &*self.ctx;
         let mut head_storage = self.session.take_response_head();
         let vars = self.session.take_vars();
         let mut source = HandlerInput { stream: &mut self.stream, session: &mut self.session };
@@ -243,11 +243,15 @@ impl<S: Transport> Conn<S> {
             self.session.begin_stop(now);
         }
         match result {
-            Ok(Ok(Response { head, body })) => {
-                if self.session.respond(head, body.len(), now) {
-                    self.body = Some(body);
+            Ok(Ok(Response { head, body })) => match body.into_bytes() {
+                // A body in one piece needs no pulling: queued at once, as pulling it would.
+                Ok(bytes) => self.session.respond_whole(head, bytes, now),
+                Err(body) => {
+                    if self.session.respond(head, body.len(), now) {
+                        self.body = Some(body);
+                    }
                 }
-            }
+            },
             Ok(Err(e)) => {
                 self.session.put_response_head(head_storage);
                 self.session.handler_failed(&format!("handler error: {e}"), now);

@@ -29,15 +29,80 @@ pub(crate) struct Vars {
     fingerprints: Vec<u64>,
     /// A one-word set of the fingerprints, so that a new field usually skips the search.
     fingerprint_bits: u64,
+    /// The entries every request of a connection starts with, kept from one request to the next
+    /// (see [`Vars::reuse_template`]).
+    template: Template,
+}
+
+/// What a template is for: the addresses of the configuration and connection facts its values
+/// come from (see `parse::write_environ`); `(0, 0)` for none.
+pub(crate) type Owner = (usize, usize);
+
+/// The first `entries` entries, and the first `arena` bytes of the arena, which hold the values
+/// that are the same for every request on a connection; made for `owner`.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+struct Template {
+    owner: Owner,
+    entries: usize,
+    arena: usize,
 }
 
 impl Vars {
+    /// Empties the variables, template included.
     pub(crate) fn clear(&mut self) {
         self.arena.clear();
         self.entries.clear();
         self.fingerprints.clear();
         self.fingerprint_bits = 0;
         self.fields_from = 0;
+        self.template = Template::default();
+    }
+
+    /// Starts the variables of a request on a connection: if the template marked by
+    /// [`Vars::keep_template`] for `owner` (not `(0, 0)`) is there and intact, empties everything after
+    /// it and returns `true`; otherwise empties everything ([`Vars::clear`]) and returns `false`.
+    /// The per-request values of the template's entries are for the caller to set again.
+    #[inline]
+    pub(crate) fn reuse_template(&mut self, owner: Owner) -> bool {
+        let t = self.template;
+        if t.owner != owner || owner == (0, 0) || self.entries.len() < t.entries || self.arena.len() < t.arena {
+            self.clear();
+            return false;
+        }
+        self.arena.truncate(t.arena);
+        self.entries.truncate(t.entries);
+        self.fingerprints.clear();
+        self.fingerprint_bits = 0;
+        self.fields_from = t.entries;
+        true
+    }
+
+    /// Marks the entries and arena bytes there now as the template for `owner`: kept by
+    /// [`Vars::reuse_template`] as long as nothing changes them. Arena bytes are never written
+    /// twice, so only changes to the entries ([`Vars::insert`], [`Vars::remove`]) can.
+    #[inline]
+    pub(crate) fn keep_template(&mut self, owner: Owner) {
+        self.template = Template { owner, entries: self.entries.len(), arena: self.arena.len() };
+    }
+
+    /// An entry of the template is about to change: the template is no longer one.
+    #[inline]
+    fn touch(&mut self, index: usize) {
+        if index < self.template.entries {
+            self.template = Template::default();
+        }
+    }
+
+    /// Sets the value of entry `index`.
+    #[inline]
+    pub(crate) fn set_value(&mut self, index: usize, value: Slot) {
+        self.entries[index].1 = value;
+    }
+
+    /// Copies `bytes` into the arena and returns where they are.
+    #[inline]
+    pub(crate) fn copy_in(&mut self, bytes: &[u8]) -> Slot {
+        self.key_with(|out| out.extend_from_slice(bytes))
     }
 
     /// Marks where header fields start: [`Vars::push_or_join`] looks for repeats from here on.
@@ -159,7 +224,10 @@ impl Vars {
         self.arena.extend_from_slice(value);
         let value = Slot::Arena { start, end: self.arena.len() };
         match self.position(key) {
-            Some(i) => self.entries[i].1 = value,
+            Some(i) => {
+                self.touch(i);
+                self.entries[i].1 = value;
+            }
             None => {
                 let key = self.key_with(|out| out.extend_from_slice(key));
                 self.entries.push((key, value));
@@ -170,6 +238,7 @@ impl Vars {
     fn remove(&mut self, key: &[u8]) -> bool {
         match self.position(key) {
             Some(i) => {
+                self.touch(i);
                 self.entries.remove(i);
                 true
             }

@@ -1,17 +1,63 @@
 //! The `Date` header value (RFC 9110 IMF-fixdate), formatted at most once a second per thread.
 
 use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const LEN: usize = 29; // "Sun, 06 Nov 1994 08:49:37 GMT"
 
+/// A date, and the monotonic times between which it is the wall clock's, as far as the callers'
+/// `now` tell: while `now` is within, the wall clock need not be read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DateCache {
+    /// The whole header line: `Date: ` + the date + CRLF.
+    line: [u8; LINE],
+    valid: Option<(Instant, Instant)>,
+}
+
+const LINE: usize = 6 + LEN + 2;
+/// Where the date is in [`DateCache::line`].
+const TEXT: std::ops::Range<usize> = 6..6 + LEN;
+
+/// The `Date` header line of `unix_seconds`.
+fn date_line(unix_seconds: u64) -> [u8; LINE] {
+    let mut line = *b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n";
+    line[TEXT].copy_from_slice(&format_imf_fixdate(unix_seconds));
+    line
+}
+
+impl Default for DateCache {
+    fn default() -> DateCache {
+        DateCache { line: date_line(0), valid: None }
+    }
+}
+
+impl DateCache {
+    #[inline]
+    fn holds_at(&self, now: Instant) -> bool {
+        self.valid.is_some_and(|(from, until)| from <= now && now < until)
+    }
+
+    /// Appends the `Date` header line (CRLF included) at `now`, a recent reading of the
+    /// monotonic clock: from this cache while it holds, else from the thread's, which reads the
+    /// wall clock once a second at most.
+    #[inline]
+    pub(crate) fn extend_line(&mut self, out: &mut Vec<u8>, now: Instant) {
+        if !self.holds_at(now) {
+            *self = thread_date(now);
+        }
+        out.extend_from_slice(&self.line);
+    }
+}
+
 struct Cached {
     second: u64,
-    text: [u8; LEN],
+    date: DateCache,
 }
 
 thread_local! {
-    static CACHE: RefCell<Cached> = const { RefCell::new(Cached { second: u64::MAX, text: [0; LEN] }) };
+    static CACHE: RefCell<Cached> = const {
+        RefCell::new(Cached { second: u64::MAX, date: DateCache { line: [0; LINE], valid: None } })
+    };
 }
 
 /// Appends the current date in IMF-fixdate form.
@@ -20,11 +66,30 @@ pub(crate) fn extend_with_now(out: &mut Vec<u8>) {
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.second != now {
-            cache.text = format_imf_fixdate(now);
+            cache.date = DateCache { line: date_line(now), valid: None };
             cache.second = now;
         }
-        out.extend_from_slice(&cache.text);
+        out.extend_from_slice(&cache.date.line[TEXT]);
     });
+}
+
+/// The date at `now`, and for how long it holds.
+fn thread_date(now: Instant) -> DateCache {
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if !cache.date.holds_at(now) {
+            let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let second = wall.as_secs();
+            if cache.second != second {
+                cache.date.line = date_line(second);
+                cache.second = second;
+            }
+            // `now` came no later than the wall clock's reading: the second ends no sooner than this.
+            let left = Duration::from_nanos(u64::from(1_000_000_000 - wall.subsec_nanos()));
+            cache.date.valid = now.checked_add(left).map(|until| (now, until));
+        }
+        cache.date
+    })
 }
 
 fn format_imf_fixdate(unix_seconds: u64) -> [u8; LEN] {
@@ -69,6 +134,22 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_date_at_a_time_is_the_wall_clocks() {
+        let wall = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let t0 = Instant::now();
+        let mut cache = DateCache::default();
+        for now in [t0, t0, t0 + Duration::from_secs(5), t0, Instant::now()] {
+            let before = wall();
+            let mut out = Vec::new();
+            cache.extend_line(&mut out, now);
+            let after = wall();
+            assert!(out == date_line(before) || out == date_line(after), "{now:?}");
+            assert_eq!(&out[..6], b"Date: ");
+            assert_eq!(&out[out.len() - 2..], b"\r\n");
+        }
+    }
 
     #[test]
     fn formats_known_dates() {

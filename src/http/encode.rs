@@ -1,10 +1,12 @@
 //! The one response writer, sans I/O: validates what the application sets, chooses the framing,
 //! and encodes the head, chunk framing and error responses into byte buffers.
 
+use std::time::Instant;
+
 use crate::config::Config;
 use crate::error::Error;
-use crate::http::date;
-use crate::http::parse::is_tchar;
+use crate::http::date::{self, DateCache};
+use crate::http::parse::TCHAR;
 
 /// Status and headers as the application set them, validated and already in wire form.
 ///
@@ -28,6 +30,16 @@ pub(crate) struct RequestInfo {
     pub http10: bool,
 }
 
+/// How a response goes out, as decided when the handler answered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Framed {
+    pub info: RequestInfo,
+    pub framing: BodyFraming,
+    /// The body's length, when known before sending.
+    pub body_len: Option<u64>,
+    pub keep_alive: bool,
+}
+
 /// How a response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyFraming {
@@ -41,39 +53,80 @@ pub(crate) enum BodyFraming {
     Close,
 }
 
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// What the writer makes of a response header's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldName {
+    Plain,
+    /// `Connection`, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`:
+    /// the server's business only.
+    HopByHop,
+    ContentLength,
+    Date,
+    Server,
+}
+
+/// Sorts a header name (any case): one match on its length, then at most two comparisons.
+#[inline]
+fn field_name(name: &[u8]) -> FieldName {
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if is(b"te") => FieldName::HopByHop,
+        4 if is(b"date") => FieldName::Date,
+        6 if is(b"server") => FieldName::Server,
+        7 if is(b"trailer") || is(b"upgrade") => FieldName::HopByHop,
+        10 if is(b"connection") || is(b"keep-alive") => FieldName::HopByHop,
+        14 if is(b"content-length") => FieldName::ContentLength,
+        16 if is(b"proxy-connection") => FieldName::HopByHop,
+        17 if is(b"transfer-encoding") => FieldName::HopByHop,
+        18 if is(b"proxy-authenticate") => FieldName::HopByHop,
+        19 if is(b"proxy-authorization") => FieldName::HopByHop,
+        _ => FieldName::Plain,
+    }
+}
+
+/// The bytes a response field value or reason phrase may hold: HTAB, SP, VCHAR and obs-text,
+/// no other control character (no CR, LF or NUL: no response splitting, CVE-2018-1000164).
+const FIELD_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = i == 0x09 || i >= 0x20 && i != 0x7f;
+        i += 1;
+    }
+    table
+};
+
+/// Whether every byte of `s` is in `table`; a load and an `and` a byte, no branch.
+#[inline]
+fn all_in(s: &[u8], table: &[bool; 256]) -> bool {
+    s.iter().fold(true, |ok, &b| ok & table[usize::from(b)])
+}
 
 impl ResponseHead {
     /// Clears the head and sets its status from `"NNN Reason"` (code 200..=999; an interim 1xx
     /// response is the server's business, not the application's).
     pub(crate) fn set_status(&mut self, status: &str) -> Result<(), Error> {
         let s = status.as_bytes();
-        let code_ok = s.len() >= 3 && s[..3].iter().all(u8::is_ascii_digit) && s[0] >= b'2';
-        let reason_ok = match s.get(3) {
-            None => true,
-            Some(b' ') => s[4..].iter().all(|&b| b == b'\t' || b >= b' ' && b != 0x7f),
-            Some(_) => false,
+        let (code, reason) = match s {
+            [a @ b'2'..=b'9', b @ b'0'..=b'9', c @ b'0'..=b'9', rest @ ..] => {
+                (u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'), rest)
+            }
+            _ => return Err(Error::InvalidStatus),
         };
-        if !code_ok || !reason_ok {
-            return Err(Error::InvalidStatus);
-        }
+        let reason = match reason {
+            [] => &[][..],
+            [b' ', reason @ ..] if all_in(reason, &FIELD_BYTE) => reason,
+            _ => return Err(Error::InvalidStatus),
+        };
         self.reset();
-        self.status = s[..3].iter().fold(0, |n, &d| n * 10 + u16::from(d - b'0'));
-        self.buf.extend_from_slice(&s[..3]);
-        self.buf.push(b' ');
-        match s.get(4..) {
-            Some(reason) if !reason.is_empty() => self.buf.extend_from_slice(reason),
-            _ => self.buf.extend_from_slice(reason_phrase(self.status).as_bytes()),
+        self.status = code;
+        if reason.is_empty() {
+            self.buf.extend_from_slice(&s[..3]);
+            self.buf.push(b' ');
+            self.buf.extend_from_slice(reason_phrase(code).as_bytes());
+        } else {
+            // `NNN Reason` is already in wire form.
+            self.buf.extend_from_slice(s);
         }
         self.status_end = self.buf.len();
         Ok(())
@@ -92,31 +145,31 @@ impl ResponseHead {
     /// a name that is not a token, a value with CR, LF, NUL or another control character
     /// (CVE-2018-1000164), hop-by-hop fields, and a malformed or repeated `Content-Length`.
     pub(crate) fn push_header(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
-        if name.is_empty() || !name.bytes().all(is_tchar) {
+        let name = name.as_bytes();
+        if name.is_empty() || !all_in(name, &TCHAR) {
             return Err(Error::InvalidHeaderName);
         }
-        if !value.iter().all(|&b| b == b'\t' || b >= b' ' && b != 0x7f) {
+        // What trimming removes (SP, HTAB) is valid: checking the trimmed value is the same.
+        let value = trim_ows(value);
+        if !all_in(value, &FIELD_BYTE) {
             return Err(Error::InvalidHeaderValue);
         }
-        let value = trim_ows(value);
-        if HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) {
-            return Err(Error::HopByHopHeader);
-        }
-        if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse().ok())
-                .ok_or(Error::InvalidHeaderValue)?;
-            if self.content_length.replace(n).is_some_and(|old| old != n) {
-                return Err(Error::InvalidHeaderValue);
+        match field_name(name) {
+            FieldName::Plain => {}
+            FieldName::HopByHop => return Err(Error::HopByHopHeader),
+            FieldName::ContentLength => {
+                let n = parse_decimal(value).ok_or(Error::InvalidHeaderValue)?;
+                if self.content_length.replace(n).is_some_and(|old| old != n) {
+                    return Err(Error::InvalidHeaderValue);
+                }
+                // Written by `encode_head`, which knows when a response must not carry it.
+                return Ok(());
             }
-            // Written by `encode_head`, which knows when a response must not carry it.
-            return Ok(());
+            FieldName::Date => self.has_date = true,
+            FieldName::Server => self.has_server = true,
         }
-        self.has_date |= name.eq_ignore_ascii_case("date");
-        self.has_server |= name.eq_ignore_ascii_case("server");
-        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.reserve(name.len() + value.len() + 4);
+        self.buf.extend_from_slice(name);
         self.buf.extend_from_slice(b": ");
         self.buf.extend_from_slice(value);
         self.buf.extend_from_slice(b"\r\n");
@@ -137,23 +190,21 @@ impl ResponseHead {
         }
     }
 
-    /// Encodes the status line and every header into `out`.
+    /// Encodes the status line and every header into `out`, at `now` (for the `Date`, from `date`).
     pub(crate) fn encode(
         &self,
         out: &mut Vec<u8>,
-        req: RequestInfo,
-        framing: BodyFraming,
-        body_len: Option<u64>,
-        keep_alive: bool,
+        framed: Framed,
         config: &Config,
+        date: &mut DateCache,
+        now: Instant,
     ) {
+        let Framed { info: req, framing, body_len, keep_alive } = framed;
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(&self.buf[..self.status_end]);
         out.extend_from_slice(b"\r\n");
         if !self.has_date {
-            out.extend_from_slice(b"Date: ");
-            date::extend_with_now(out);
-            out.extend_from_slice(b"\r\n");
+            date.extend_line(out, now);
         }
         if let (false, Some(server)) = (self.has_server, &config.server_header) {
             out.extend_from_slice(b"Server: ");
@@ -185,13 +236,40 @@ impl ResponseHead {
     }
 }
 
+/// `1*DIGIT` as a number; `None` if empty, not all digits, or past `u64`.
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
 fn trim_ows(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
     let end = v.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
     &v[start..end]
 }
 
-pub(crate) fn extend_decimal(out: &mut Vec<u8>, mut n: u64) {
+#[inline(always)]
+pub(crate) fn extend_decimal(out: &mut Vec<u8>, n: u64) {
+    // The lengths of small bodies without a loop, or a copy of a variable length.
+    let d = |n: u64| b'0' + (n % 10) as u8;
+    match n {
+        0..=9 => out.push(d(n)),
+        10..=99 => out.extend_from_slice(&[d(n / 10), d(n)]),
+        100..=999 => out.extend_from_slice(&[d(n / 100), d(n / 10), d(n)]),
+        1000..=9999 => out.extend_from_slice(&[d(n / 1000), d(n / 100), d(n / 10), d(n)]),
+        _ => extend_long_decimal(out, n),
+    }
+}
+
+#[inline(never)]
+fn extend_long_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -343,10 +421,84 @@ mod tests {
         let h = head("204 No Content", &[("Content-Length", "5")]).unwrap();
         assert_eq!(h.framing(GET11, Some(5)), BodyFraming::NoBody);
         let mut out = Vec::new();
-        h.encode(&mut out, GET11, BodyFraming::NoBody, Some(5), true, &Config::default());
+        let framed = Framed { info: GET11, framing: BodyFraming::NoBody, body_len: Some(5), keep_alive: true };
+        h.encode(&mut out, framed, &Config::default(), &mut DateCache::default(), Instant::now());
         assert!(!String::from_utf8(out).unwrap().contains("Content-Length"));
         let h = head("200 OK", &[("Content-Length", "7")]).unwrap();
         assert_eq!(h.framing(GET11, Some(3)), BodyFraming::Length(7));
+    }
+
+    #[test]
+    fn field_names_are_sorted_in_any_case() {
+        const HOP_BY_HOP: [&str; 9] = [
+            "connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ];
+        for name in HOP_BY_HOP {
+            for n in [name.to_owned(), name.to_ascii_uppercase()] {
+                assert_eq!(field_name(n.as_bytes()), FieldName::HopByHop, "{n}");
+                assert!(matches!(head("200 OK", &[(&n, "x")]), Err(Error::HopByHopHeader)));
+            }
+        }
+        assert_eq!(field_name(b"Content-LENGTH"), FieldName::ContentLength);
+        assert_eq!(field_name(b"DATE"), FieldName::Date);
+        assert_eq!(field_name(b"sErVeR"), FieldName::Server);
+        for plain in ["t", "tf", "dates", "servers", "trailers", "upgrades", "connectio", "content-type", "x-te"] {
+            assert_eq!(field_name(plain.as_bytes()), FieldName::Plain, "{plain}");
+        }
+        // The value is checked before the name is sorted; a bad name before either.
+        assert!(matches!(head("200 OK", &[("Connection", "a\rb")]), Err(Error::InvalidHeaderValue)));
+        assert!(matches!(head("200 OK", &[("Conn\u{e9}ction", "a\rb")]), Err(Error::InvalidHeaderName)));
+        assert!(matches!(head("200 OK", &[("", "a")]), Err(Error::InvalidHeaderName)));
+        let h = head("200 OK", &[("X-A", " \t padded\t "), ("Date", "d"), ("Server", "s")]).unwrap();
+        assert_eq!(&h.buf[h.status_end..], b"X-A: padded\r\nDate: d\r\nServer: s\r\n");
+        assert!(h.has_date && h.has_server);
+        let h = head("200 OK", &[("Content-Length", "18446744073709551615")]).unwrap();
+        assert_eq!(h.content_length, Some(u64::MAX));
+        assert!(matches!(
+            head("200 OK", &[("Content-Length", "18446744073709551616")]),
+            Err(Error::InvalidHeaderValue)
+        ));
+        assert!(matches!(head("200 OK", &[("Content-Length", "")]), Err(Error::InvalidHeaderValue)));
+        assert!(matches!(
+            head("200 OK", &[("Content-Length", "1"), ("content-length", "2")]),
+            Err(Error::InvalidHeaderValue)
+        ));
+        assert!(head("200 OK", &[("Content-Length", " 1 "), ("content-length", "1")]).is_ok());
+    }
+
+    #[test]
+    fn status_lines_keep_their_reason_or_get_the_standard_one() {
+        for (status, wire, code) in [
+            ("200 OK", &b"200 OK"[..], 200),
+            ("200", b"200 OK", 200),
+            ("404 ", b"404 Not Found", 404),
+            ("299 Caf\u{e9}\tx", "299 Caf\u{e9}\tx".as_bytes(), 299),
+            ("999", b"999 Unknown", 999),
+        ] {
+            let h = head(status, &[]).unwrap();
+            assert_eq!(&h.buf[..h.status_end], wire, "{status}");
+            assert_eq!(h.status, code);
+        }
+        for bad in ["", "2", "20", "2x0", "199 x", "099", "200x", "200 a\x7f", "200 a\nb", "\u{e9}00"] {
+            assert!(matches!(head(bad, &[]), Err(Error::InvalidStatus)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn decimals_are_plain() {
+        for n in [0, 1, 9, 10, 42, 99, 100, 999, 1000, 9999, 10_000, 123_456, u64::MAX] {
+            let mut out = b"x".to_vec();
+            extend_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]

@@ -293,6 +293,14 @@ fn request_line_len(
     Ok(request_line_end - start)
 }
 
+/// Entries of the environ's template (see [`Vars::reuse_template`]) whose values change from
+/// request to request; the others' values are the same on a whole connection.
+const REQUEST_METHOD: usize = 0;
+const PATH_INFO: usize = 2;
+const QUERY_STRING: usize = 3;
+const RAW_URI: usize = 4;
+const SERVER_PROTOCOL: usize = 5;
+
 fn write_environ(
     vars: &mut Vars,
     config: &Config,
@@ -302,30 +310,61 @@ fn write_environ(
     http10: bool,
     headers: &[httparse::Header<'_>],
 ) -> Result<(), ParseError> {
-    vars.clear();
-    vars.reserve(headers.len() + 16, 256 + 2 * target.len() + 48 * headers.len());
+    // The first variables, in their order; those that are the same for the whole connection are
+    // written once, and kept with their places for the next request on it.
+    let owner = (config as *const Config as usize, conn as *const ConnInfo as usize);
+    if !vars.reuse_template(owner) {
+        // Sized from the head once, so that a cold parse allocates each array once.
+        vars.reserve(headers.len() + 16, 256 + 2 * target.len() + 48 * headers.len());
+        vars.push_static(b"REQUEST_METHOD", b"");
+        vars.push_copy(Slot::Static(b"SCRIPT_NAME"), config.script_name.as_bytes());
+        vars.push_static(b"PATH_INFO", b"");
+        vars.push_static(b"QUERY_STRING", b"");
+        vars.push_static(b"RAW_URI", b"");
+        vars.push_static(b"SERVER_PROTOCOL", b"");
+        vars.push_copy(Slot::Static(b"SERVER_NAME"), conn.server_name.as_bytes());
+        vars.push_copy(Slot::Static(b"SERVER_PORT"), conn.server_port.as_bytes());
+        vars.push_copy(Slot::Static(b"REMOTE_ADDR"), conn.remote_addr.as_bytes());
+        vars.push_copy(Slot::Static(b"REMOTE_PORT"), conn.remote_port.as_bytes());
+        vars.push_copy(Slot::Static(b"wsgi.url_scheme"), config.url_scheme.as_bytes());
+        vars.keep_template(owner);
+    }
+    vars.reserve(headers.len(), 2 * target.len() + 48 * headers.len());
     let (path, query) = split_target(method, target)?;
 
-    vars.push_copy(Slot::Static(b"REQUEST_METHOD"), method.as_bytes());
-    vars.push_copy(Slot::Static(b"SCRIPT_NAME"), config.script_name.as_bytes());
-    let path_info = vars.push_with(Slot::Static(b"PATH_INFO"), |out| percent_decode(path, out));
+    let method_value = match method.as_bytes() {
+        b"GET" => Slot::Static(b"GET"),
+        b"POST" => Slot::Static(b"POST"),
+        b"HEAD" => Slot::Static(b"HEAD"),
+        b"PUT" => Slot::Static(b"PUT"),
+        b"DELETE" => Slot::Static(b"DELETE"),
+        b"OPTIONS" => Slot::Static(b"OPTIONS"),
+        b"PATCH" => Slot::Static(b"PATCH"),
+        other => vars.copy_in(other),
+    };
+    vars.set_value(REQUEST_METHOD, method_value);
+    // The raw target is copied once: the path and the query are usually parts of it.
+    let raw = vars.copy_in(target.as_bytes());
+    vars.set_value(RAW_URI, raw);
+    let part = |vars: &mut Vars, bytes: &[u8]| match (raw, range_within(target.as_bytes(), bytes)) {
+        (Slot::Arena { start, .. }, Some((from, to))) => Slot::Arena { start: start + from, end: start + to },
+        _ => vars.copy_in(bytes),
+    };
+    let path_info =
+        if path.contains(&b'%') { vars.key_with(|out| percent_decode(path, out)) } else { part(vars, path) };
+    vars.set_value(PATH_INFO, path_info);
     if !config.script_name.is_empty() {
-        let decoded = vars.value_of(path_info);
+        let decoded = vars.value_of(PATH_INFO);
         let prefix = config.script_name.as_bytes();
         let rest = decoded.strip_prefix(prefix).ok_or(ParseError::OutsideMount)?;
         if !(rest.is_empty() || rest.starts_with(b"/")) {
             return Err(ParseError::OutsideMount);
         }
-        vars.trim_value_front(path_info, prefix.len());
+        vars.trim_value_front(PATH_INFO, prefix.len());
     }
-    vars.push_copy(Slot::Static(b"QUERY_STRING"), query);
-    vars.push_copy(Slot::Static(b"RAW_URI"), target.as_bytes());
-    vars.push_static(b"SERVER_PROTOCOL", if http10 { b"HTTP/1.0" } else { b"HTTP/1.1" });
-    vars.push_copy(Slot::Static(b"SERVER_NAME"), conn.server_name.as_bytes());
-    vars.push_copy(Slot::Static(b"SERVER_PORT"), conn.server_port.as_bytes());
-    vars.push_copy(Slot::Static(b"REMOTE_ADDR"), conn.remote_addr.as_bytes());
-    vars.push_copy(Slot::Static(b"REMOTE_PORT"), conn.remote_port.as_bytes());
-    vars.push_copy(Slot::Static(b"wsgi.url_scheme"), config.url_scheme.as_bytes());
+    let query_string = if query.is_empty() { Slot::Static(b"") } else { part(vars, query) };
+    vars.set_value(QUERY_STRING, query_string);
+    vars.set_value(SERVER_PROTOCOL, Slot::Static(if http10 { b"HTTP/1.0" } else { b"HTTP/1.1" }));
 
     vars.begin_fields();
     for h in headers {
@@ -335,22 +374,27 @@ fn write_environ(
             12 if name.eq_ignore_ascii_case(b"content-type") => (Slot::Static(b"CONTENT_TYPE"), 0),
             14 if name.eq_ignore_ascii_case(b"content-length") => (Slot::Static(b"CONTENT_LENGTH"), 0),
             _ => {
-                // One pass over the name makes the key and notes an underscore.
-                let mut underscore = false;
-                let key = vars.key_with(|out| {
-                    out.extend_from_slice(b"HTTP_");
-                    out.extend(name.iter().map(|&b| {
-                        underscore |= b == b'_';
-                        CGI_NAME[usize::from(b)]
-                    }));
-                });
-                if underscore && !config.keep_underscore_headers {
-                    vars.unwrite_key(key);
-                    continue;
-                }
                 // `X_A` and `X-A` share a key only when underscores are kept; then every field
                 // gets the same fingerprint and the keys themselves are compared.
-                (key, if config.keep_underscore_headers { 0 } else { fingerprint(name) })
+                let print = if config.keep_underscore_headers { 0 } else { fingerprint(name) };
+                if let Some(key) = common_key(name) {
+                    (Slot::Static(key), print)
+                } else {
+                    // One pass over the name makes the key and notes an underscore.
+                    let mut underscore = false;
+                    let key = vars.key_with(|out| {
+                        out.extend_from_slice(b"HTTP_");
+                        out.extend(name.iter().map(|&b| {
+                            underscore |= b == b'_';
+                            CGI_NAME[usize::from(b)]
+                        }));
+                    });
+                    if underscore && !config.keep_underscore_headers {
+                        vars.unwrite_key(key);
+                        continue;
+                    }
+                    (key, print)
+                }
             }
         };
         // Repeated fields share a key (case-folded): equal fingerprints, then equal keys, find them.
@@ -359,18 +403,39 @@ fn write_environ(
     Ok(())
 }
 
+/// The key of a field most requests carry, written once here rather than into every environ.
+#[inline]
+fn common_key(name: &[u8]) -> Option<&'static [u8]> {
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    let key: &'static [u8] = match name.len() {
+        4 if is(b"host") => b"HTTP_HOST",
+        6 if is(b"accept") => b"HTTP_ACCEPT",
+        6 if is(b"cookie") => b"HTTP_COOKIE",
+        7 if is(b"referer") => b"HTTP_REFERER",
+        10 if is(b"user-agent") => b"HTTP_USER_AGENT",
+        10 if is(b"connection") => b"HTTP_CONNECTION",
+        15 if is(b"accept-encoding") => b"HTTP_ACCEPT_ENCODING",
+        15 if is(b"accept-language") => b"HTTP_ACCEPT_LANGUAGE",
+        _ => return None,
+    };
+    Some(key)
+}
+
 /// A cheap summary of a header name: names equal but for ASCII case have equal fingerprints, and
 /// real header names almost never share one (it mixes the length with the first and last eight
 /// bytes, case-folded). Read from the request, not from the key just written byte by byte, which
 /// the processor cannot forward to a wide load.
 fn fingerprint(name: &[u8]) -> u64 {
-    let word = |b: &[u8]| match <[u8; 8]>::try_from(b) {
-        Ok(w) => u64::from_le_bytes(w),
-        Err(_) => b.iter().fold(0u64, |w, &c| w << 8 | u64::from(c)),
+    let (first, last) = match (name.first_chunk::<8>(), name.last_chunk::<8>()) {
+        (Some(first), Some(last)) => (u64::from_le_bytes(*first), u64::from_le_bytes(*last)),
+        // Shorter than eight bytes: the first eight and the last eight are the whole name.
+        _ => {
+            let word = name.iter().fold(0u64, |w, &c| w << 8 | u64::from(c));
+            (word, word)
+        }
     };
     const FOLD: u64 = 0x2020_2020_2020_2020;
-    let n = name.len().min(8);
-    name.len() as u64 ^ (word(&name[..n]) | FOLD).rotate_left(7) ^ (word(&name[name.len() - n..]) | FOLD)
+    name.len() as u64 ^ (first | FOLD).rotate_left(7) ^ (last | FOLD)
 }
 
 /// Header name byte to CGI variable byte: uppercase, `-` to `_`.
@@ -413,6 +478,12 @@ fn split_target<'t>(method: &str, target: &'t str) -> Result<(&'t [u8], &'t [u8]
         Some(i) => (&origin[..i], b""),
         None => (origin, b""),
     })
+}
+
+/// Where `part` lies inside `whole`, when it is a slice of it.
+fn range_within(whole: &[u8], part: &[u8]) -> Option<(usize, usize)> {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    (start <= whole.len() && part.len() <= whole.len() - start).then_some((start, start + part.len()))
 }
 
 fn until_fragment(s: &[u8]) -> &[u8] {
@@ -477,11 +548,23 @@ fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// RFC 9110 `tchar`.
+#[inline]
 pub(crate) fn is_tchar(b: u8) -> bool {
-    matches!(b,
-        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
-        | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+    TCHAR[usize::from(b)]
 }
+
+/// [`is_tchar`] as a table: one load a byte on the response path, which checks every header name.
+pub(crate) const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = matches!(i as u8,
+            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z');
+        i += 1;
+    }
+    table
+};
 
 fn map_httparse_error(e: httparse::Error, buf: &[u8]) -> ParseError {
     match e {
@@ -514,6 +597,7 @@ fn map_httparse_error(e: httparse::Error, buf: &[u8]) -> ParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::environ::{Environ, Input, RunnerFlags};
 
     fn environ(head: &[u8], config: &Config) -> Vars {
         let mut vars = Vars::default();
@@ -528,6 +612,71 @@ mod tests {
         assert_eq!(vars.get(b"HTTP_X_LONG_FIELD_NAME"), Some(&b"a,c,d"[..]));
         assert_eq!(vars.get(b"HTTP_ACCEPT"), Some(&b"b"[..]));
         assert_eq!(vars.iter().filter(|(k, _)| k.starts_with(b"HTTP_X_LONG")).count(), 1);
+    }
+
+    fn entries(vars: &Vars) -> Vec<(Vec<u8>, Vec<u8>)> {
+        vars.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    }
+
+    #[test]
+    fn warm_storage_gives_the_environ_fresh_storage_does() {
+        let heads: [&[u8]; 8] = [
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /app/a%20b?q=1&r=%41#frag HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"PROPFIND http://example.com/app/x?y HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET https://example.com?only=query HTTP/1.0\r\n\r\n",
+            b"HEAD /app HTTP/1.1\r\nHost: x\r\nContent-Type: t\r\n\r\n",
+            b"GET /app/%zz%4 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"DELETE /app/? HTTP/1.1\r\nHost: x\r\n\r\n",
+        ];
+        for config in [Config::default(), Config::default().script_name("/app")] {
+            let conn = ConnInfo {
+                server_name: "s".into(),
+                server_port: "1".into(),
+                remote_addr: "r".into(),
+                remote_port: "2".into(),
+            };
+            let mut warm = Vars::default();
+            for (i, head) in heads.iter().cycle().take(3 * heads.len()).enumerate() {
+                let mut fresh = Vars::default();
+                let expected = parse_head(head, &config, &conn, &mut fresh).map(|_| entries(&fresh));
+                let got = parse_head(head, &config, &conn, &mut warm).map(|_| entries(&warm));
+                assert_eq!(got, expected, "head {i}");
+                // What a handler changes in one request's environ is gone in the next one's.
+                let mut env = Environ::new(warm, Input::new(None), &config, None, RunnerFlags::default());
+                match i % 3 {
+                    0 => env.insert("X_NEW", "1"),
+                    1 => env.insert("SCRIPT_NAME", "/elsewhere"),
+                    _ => assert!(env.remove("REMOTE_ADDR")),
+                }
+                warm = env.into_vars();
+            }
+        }
+    }
+
+    #[test]
+    fn the_environ_keeps_its_order() {
+        let vars =
+            environ(b"GET /a?b HTTP/1.1\r\nHost: x\r\nContent-Type: t\r\nAccept: */*\r\n\r\n", &Config::default());
+        let keys: Vec<_> = vars.iter().map(|(k, _)| String::from_utf8(k.to_vec()).unwrap()).collect();
+        let expected = [
+            "REQUEST_METHOD",
+            "SCRIPT_NAME",
+            "PATH_INFO",
+            "QUERY_STRING",
+            "RAW_URI",
+            "SERVER_PROTOCOL",
+            "SERVER_NAME",
+            "SERVER_PORT",
+            "REMOTE_ADDR",
+            "REMOTE_PORT",
+            "wsgi.url_scheme",
+            "HTTP_HOST",
+            "CONTENT_TYPE",
+            "HTTP_ACCEPT",
+        ];
+        assert_eq!(keys, expected);
     }
 
     #[test]

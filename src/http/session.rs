@@ -18,8 +18,9 @@ use bytes::Bytes;
 use crate::config::Config;
 use crate::environ::Vars;
 use crate::error::ParseError;
+use crate::http::date::DateCache;
 use crate::http::decode::Decoder;
-use crate::http::encode::{self, BodyFraming, RequestInfo, ResponseHead};
+use crate::http::encode::{self, BodyFraming, Framed, RequestInfo, ResponseHead};
 use crate::http::parse::{self, ConnInfo, Framing, HeadScanner, RequestHead};
 
 /// First size of a read buffer; it grows to hold a whole head (and a buffered body) when needed.
@@ -165,10 +166,17 @@ impl Output {
         self.len += self.tail.len() - before;
     }
 
+    #[inline(always)]
     fn push(&mut self, chunk: Bytes) {
         if chunk.len() <= COPY_CHUNK_LIMIT {
             return self.extend(&chunk);
         }
+        self.push_segment(chunk);
+    }
+
+    /// [`Output::push`] for a chunk too large to copy.
+    #[inline(never)]
+    fn push_segment(&mut self, chunk: Bytes) {
         if !self.tail.is_empty() {
             let tail = std::mem::take(&mut self.tail);
             let unwritten = if self.segments.is_empty() { self.written } else { 0 };
@@ -347,6 +355,8 @@ pub(crate) struct Session {
     /// The client will send nothing more.
     eof: bool,
     finished: Option<Finished>,
+    /// The `Date` of the responses, known for a second at a time.
+    date: DateCache,
 }
 
 impl Session {
@@ -371,6 +381,7 @@ impl Session {
             write_progress: now,
             eof: false,
             finished: None,
+            date: DateCache::default(),
         }
     }
 
@@ -498,6 +509,8 @@ impl Session {
         self.rbuf.data = b.read;
         self.out.tail = b.write;
         self.vars = b.vars;
+        // Another connection's variables, kept for its next request, must not pass for ours.
+        self.vars.clear();
         self.head = b.head;
     }
 
@@ -868,8 +881,38 @@ impl Session {
     /// whether the body is wanted ([`Next::Body`] follows); when not (no body may be sent, or the
     /// response was refused), drop it.
     pub(crate) fn respond(&mut self, head: ResponseHead, body_len: Option<u64>, now: Instant) -> bool {
+        let Some((head, framed)) = self.accept_response(head, body_len, now) else { return false };
+        if framed.framing != BodyFraming::NoBody {
+            let Framed { framing, keep_alive, .. } = framed;
+            if let Phase::Exchange(x) = &mut self.phase {
+                x.response = Response::Streaming { head: Some(head), framing, body_len, written: 0, keep_alive };
+            }
+            return true;
+        }
+        self.queue_whole(head, framed, None, now);
+        false
+    }
+
+    /// The handler answered with `head` and `body`, all of it in hand: queued at once, exactly as
+    /// [`Session::respond`], then [`Session::body_chunk`] with it and [`Session::body_end`] would.
+    pub(crate) fn respond_whole(&mut self, head: ResponseHead, body: Bytes, now: Instant) {
+        let Some((head, framed)) = self.accept_response(head, Some(body.len() as u64), now) else { return };
+        // Its length known, the body is framed by it, or not sent at all.
+        let body = (framed.framing != BodyFraming::NoBody).then_some(body);
+        self.queue_whole(head, framed, body, now);
+    }
+
+    /// How the response `head`, with a body of `body_len` bytes when known, goes out; `None` when
+    /// there is no exchange, or the response is refused (and a 500 queued instead).
+    #[inline(always)]
+    fn accept_response(
+        &mut self,
+        head: ResponseHead,
+        body_len: Option<u64>,
+        now: Instant,
+    ) -> Option<(ResponseHead, Framed)> {
         let keep_alive = self.keep_alive();
-        let Phase::Exchange(x) = &self.phase else { return false };
+        let Phase::Exchange(x) = &self.phase else { return None };
         let info = RequestInfo { is_head: x.req.is_head, http10: x.req.http10 };
         let framing = head.framing(info, body_len);
         if let (Some(declared), Some(actual), BodyFraming::Length(_)) = (head.content_length, body_len, framing) {
@@ -877,27 +920,37 @@ impl Session {
                 self.log_request(&format!("Content-Length {declared} but a body of {actual} bytes: answered 500"));
                 self.head = head;
                 self.error_response(500, "internal server error", now);
-                return false;
+                return None;
             }
         }
         let keep_alive = keep_alive && framing != BodyFraming::Close;
-        if framing != BodyFraming::NoBody {
-            if let Phase::Exchange(x) = &mut self.phase {
-                x.response = Response::Streaming { head: Some(head), framing, body_len, written: 0, keep_alive };
-            }
-            return true;
-        }
+        Some((head, Framed { info, framing, body_len, keep_alive }))
+    }
+
+    /// Queues a whole response: its head, and its body if it has one; the exchange is done.
+    #[inline(always)]
+    fn queue_whole(&mut self, head: ResponseHead, framed: Framed, body: Option<Bytes>, now: Instant) {
         if self.out.is_empty() {
             self.write_progress = now;
         }
-        let config = &self.config;
-        self.out.extend_with(|buf| head.encode(buf, info, framing, body_len, keep_alive, config));
-        self.finish(head.status, 0, now);
+        let keep_alive = framed.keep_alive;
+        let (config, date) = (&self.config, &mut self.date);
+        self.out.extend_with(|buf| head.encode(buf, framed, config, date, now));
+        let body_bytes = match body {
+            Some(chunk) => {
+                let n = chunk.len() as u64;
+                if n > 0 {
+                    self.out.push(chunk);
+                }
+                n
+            }
+            None => 0,
+        };
+        self.finish(head.status, body_bytes, now);
         self.head = head;
         if let Phase::Exchange(x) = &mut self.phase {
             x.response = Response::Done { keep_alive };
         }
-        false
     }
 
     /// RFC 9112 §9.3: whether the connection persists after this response. The client wants it
@@ -930,7 +983,8 @@ impl Session {
         }
         let info = RequestInfo { is_head: req.is_head, http10: req.http10 };
         if let Some(h) = head.take() {
-            self.out.extend_with(|buf| h.encode(buf, info, *framing, *body_len, *keep_alive, &self.config));
+            let framed = Framed { info, framing: *framing, body_len: *body_len, keep_alive: *keep_alive };
+            self.out.extend_with(|buf| h.encode(buf, framed, &self.config, &mut self.date, now));
             self.head = h;
         }
         let chunk = match *framing {
@@ -974,7 +1028,8 @@ impl Session {
             if self.out.is_empty() {
                 self.write_progress = now;
             }
-            self.out.extend_with(|buf| h.encode(buf, info, framing, Some(0), keep_alive, &self.config));
+            let framed = Framed { info, framing, body_len: Some(0), keep_alive };
+            self.out.extend_with(|buf| h.encode(buf, framed, &self.config, &mut self.date, now));
             self.head = h;
         }
         match framing {
@@ -1112,6 +1167,8 @@ pub(crate) fn fuzz(data: &[u8]) {
     let write_max = 1 + usize::from(ctl[1]) * 64;
     let behaviour = ctl[2] % 6;
     let buffered_body = if ctl[3] & 1 == 1 { 64 } else { 0 };
+    // A body in one piece handed over whole, as the connection pump does, or pulled.
+    let whole = ctl[3] & 2 == 2;
     let config = Arc::new(
         Config::default()
             .max_head(4096)
@@ -1226,11 +1283,20 @@ pub(crate) fn fuzz(data: &[u8]) {
                 now = later;
                 session.put_vars(vars);
                 match result {
-                    Ok(Ok(HandlerResponse { head, body: b })) => {
-                        if session.respond(head, b.len(), now) {
-                            body = Some(b);
+                    Ok(Ok(HandlerResponse { head, body: b })) => match b.into_bytes() {
+                        Ok(bytes) if whole => session.respond_whole(head, bytes, now),
+                        Ok(bytes) => {
+                            let b = crate::body::Body::from(bytes);
+                            if session.respond(head, b.len(), now) {
+                                body = Some(b);
+                            }
                         }
-                    }
+                        Err(b) => {
+                            if session.respond(head, b.len(), now) {
+                                body = Some(b);
+                            }
+                        }
+                    },
                     Ok(Err(e)) => session.handler_failed(&format!("{e}"), now),
                     Err(_) => session.handler_failed("panicked", now),
                 }

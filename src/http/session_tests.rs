@@ -30,6 +30,9 @@ struct Wire {
     shut_down: bool,
     /// [`pump`] returns as soon as the session waits idle for its next request.
     stop_when_idle: bool,
+    /// [`pump`] hands a body in one piece over whole ([`Session::respond_whole`]), as the
+    /// connection pump does, instead of pulling it.
+    whole_bodies: bool,
 }
 
 impl Wire {
@@ -46,6 +49,7 @@ impl Wire {
             reader_stalled: false,
             shut_down: false,
             stop_when_idle: false,
+            whole_bodies: false,
         }
     }
 
@@ -188,11 +192,20 @@ fn pump(session: &mut Session, wire: &mut Wire, handler: &dyn Handler) -> Run {
                 session.put_vars(vars);
                 let now = wire.now;
                 match result {
-                    Ok(Ok(Response { head, body: b })) => {
-                        if session.respond(head, b.len(), now) {
-                            body = Some(b);
+                    Ok(Ok(Response { head, body: b })) => match b.into_bytes() {
+                        Ok(bytes) if wire.whole_bodies => session.respond_whole(head, bytes, now),
+                        Ok(bytes) => {
+                            let b = Body::from(bytes);
+                            if session.respond(head, b.len(), now) {
+                                body = Some(b);
+                            }
                         }
-                    }
+                        Err(b) => {
+                            if session.respond(head, b.len(), now) {
+                                body = Some(b);
+                            }
+                        }
+                    },
                     Ok(Err(e)) => session.handler_failed(&format!("handler error: {e}"), now),
                     Err(_) => session.handler_failed("handler panicked", now),
                 }
@@ -779,5 +792,51 @@ fn a_body_is_in_hand_once_all_of_it_is_buffered_and_never_while_a_continue_is_ow
         s.received(bytes.len(), now);
         assert!(matches!(s.poll(now), Next::Request(_)), "{}", String::from_utf8_lossy(bytes));
         assert_eq!(s.body_in_hand(), in_hand, "{}", String::from_utf8_lossy(bytes));
+    }
+}
+
+#[test]
+fn a_whole_body_goes_out_as_a_pulled_one_would() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let answer = |status: &'static str, headers: Vec<(&'static str, &'static str)>, body: &'static str| {
+        handler_fn(move |_env, start_response| Ok(start_response.start(status, headers.clone())?.body(body)))
+    };
+    let handlers: Vec<Box<dyn Handler>> = vec![
+        Box::new(hello()),
+        Box::new(answer("200 OK", vec![], "")),
+        Box::new(answer("200 OK", vec![("Content-Length", "2")], "hi")),
+        Box::new(answer("200 OK", vec![("Content-Length", "5")], "hi")),
+        Box::new(answer("200 OK", vec![("Content-Length", "0")], "")),
+        Box::new(answer("204 No Content", vec![], "ignored")),
+        Box::new(answer("304 Not Modified", vec![("Content-Length", "7")], "")),
+        Box::new(answer("201 Created", vec![("Server", "mine"), ("Date", "then")], "made")),
+        Box::new(handler_fn(|_env, start_response| {
+            Ok(start_response.start("200 OK", [("X", "y")])?.body(Body::from_chunks(["a", "b"])))
+        })),
+    ];
+    let requests: [&[u8]; 7] = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    for (h, handler) in handlers.iter().enumerate() {
+        for (r, request) in requests.iter().enumerate() {
+            for max_requests in [1000, 2] {
+                let run = |whole: bool| {
+                    let config = config(&log).max_requests_per_connection(max_requests);
+                    let mut wire = Wire::new(vec![request.to_vec()]);
+                    wire.whole_bodies = whole;
+                    let mut s = session(config, 0, wire.now);
+                    let run = pump(&mut s, &mut wire, &**handler);
+                    let finished: Vec<_> = run.finished.iter().map(|f| (f.status, f.body_bytes)).collect();
+                    (without_date(&wire.written), finished, run.shut_down, run.stuck)
+                };
+                assert_eq!(run(true), run(false), "handler {h}, request {r}, max {max_requests}");
+            }
+        }
     }
 }
