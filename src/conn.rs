@@ -160,13 +160,8 @@ impl<S: Transport> Conn<S> {
                 Next::Read { .. } | Next::ShutdownWrite if mode == Mode::Offload => {
                     return Step::Park(Interest::Readable)
                 }
-                Next::Body => {
-                    self.pull_body(now);
-                    if self.body.is_some() {
-                        // A stream may take its time to produce its next chunk.
-                        now = Instant::now();
-                    }
-                }
+                // A stream may take its time to produce its next chunk: the clock is read after.
+                Next::Body => now = self.pull_body(),
                 Next::Write(deadline) => {
                     if let Some(step) = self.write(mode, deadline, now) {
                         return step;
@@ -264,10 +259,19 @@ impl<S: Transport> Conn<S> {
         now
     }
 
-    /// Pulls one chunk of the response body into the session, catching errors and panics.
-    fn pull_body(&mut self, now: Instant) {
-        let Some(body) = &mut self.body else { return self.session.body_end(now) };
-        match catch_unwind(AssertUnwindSafe(|| body.next_chunk())) {
+    /// Pulls one chunk of the response body into the session, catching errors and panics;
+    /// returns the time the chunk came. The session hears of the chunk at that time, not at the
+    /// time the pull began: a chunk that took longer to make than the write timeout must not
+    /// look like a write that stalled.
+    fn pull_body(&mut self) -> Instant {
+        let Some(body) = &mut self.body else {
+            let now = Instant::now();
+            self.session.body_end(now);
+            return now;
+        };
+        let pulled = catch_unwind(AssertUnwindSafe(|| body.next_chunk()));
+        let now = Instant::now();
+        match pulled {
             Ok(Ok(Some(chunk))) => {
                 self.session.body_chunk(chunk, now);
                 if body.is_done() {
@@ -282,6 +286,7 @@ impl<S: Transport> Conn<S> {
             // WSGI's `close()`: as soon as the body is no longer needed.
             self.body = None;
         }
+        now
     }
 }
 

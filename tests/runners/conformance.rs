@@ -536,6 +536,15 @@ pub(crate) fn panicking_handler(rt: Runner) {
     assert!(server.wait_for_output("handler panicked"), "{rt:?}: the panic was not logged:\n{}", server.output());
 }
 
+/// A stream whose chunks each take longer to make than the write timeout is not a write that
+/// stalled: every chunk reaches a client that reads. (The pump once told the session of each
+/// chunk at the time its pull began, and the first write already looked 300 ms late.)
+pub(crate) fn slow_stream_is_not_a_stalled_write(rt: Runner) {
+    let server = Testbed::start(rt, &[("SGI_WRITE_TIMEOUT_MS", "300")]);
+    let resp = server.client().send(get("/stream?n=3&ms=600").as_bytes()).read_response();
+    assert_eq!((resp.status, resp.body_str()), (200, "line 1\nline 2\nline 3\n"), "{rt:?}: {}", server.output());
+}
+
 /// A handler that returns an error gets its client a `500`; the server goes on serving.
 pub(crate) fn handler_error(rt: Runner) {
     let mut server = Testbed::start(rt, &[]);

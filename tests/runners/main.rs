@@ -65,6 +65,11 @@ macro_rules! suite {
             }
 
             #[test]
+            fn slow_stream_is_not_a_stalled_write() {
+                conformance::slow_stream_is_not_a_stalled_write(RUNNER);
+            }
+
+            #[test]
             fn flags() {
                 conformance::flags(RUNNER);
             }
