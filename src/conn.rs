@@ -115,6 +115,11 @@ impl<S: Transport> Conn<S> {
         self.session.release_buffers(pool, now, idle_for);
     }
 
+    /// Gives the buffers of a closed connection to `pool`, for the next one.
+    pub(crate) fn recycle_buffers(&mut self, pool: &BufferPool) {
+        self.session.recycle_buffers(pool);
+    }
+
     /// Takes buffers back from `pool` before driving a session that lent its own.
     pub(crate) fn reclaim_buffers(&mut self, pool: &BufferPool) {
         self.session.reclaim_buffers(pool);

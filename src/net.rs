@@ -121,18 +121,20 @@ impl Listener {
 
     /// Accepts one connection, as a non-blocking, close-on-exec stream with `TCP_NODELAY` set.
     pub(crate) fn accept(&self) -> io::Result<(Stream, Option<SocketAddr>)> {
+        // Non-blocking and close-on-exec from `accept4` itself: one system call less per
+        // connection than setting them afterwards.
+        const FLAGS: libc::c_int = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
         let (stream, peer) = match self {
             Listener::Tcp(l) => {
-                let (s, peer) = l.accept()?;
+                let (s, peer) = socket2::SockRef::from(l).accept4(FLAGS)?;
+                let s = TcpStream::from(s);
                 // Responses are written whole; Nagle would only delay the last segment.
                 let _ = s.set_nodelay(true);
-                s.set_nonblocking(true)?;
-                (Stream::Tcp(s), Some(peer))
+                (Stream::Tcp(s), peer.as_socket())
             }
             Listener::Unix(l, _) => {
-                let s = l.accept()?.0;
-                s.set_nonblocking(true)?;
-                (Stream::Unix(s), None)
+                let (s, _) = socket2::SockRef::from(l).accept4(FLAGS)?;
+                (Stream::Unix(UnixStream::from(s)), None)
             }
         };
         Ok((stream, peer))

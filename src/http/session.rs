@@ -499,6 +499,23 @@ impl Session {
         });
     }
 
+    /// Hands the buffers of a session that is done with them (its connection closed) to `pool`,
+    /// for the next connection: a new connection then starts without allocating, or zeroing, a
+    /// read buffer (about 13,000 of the 21,000 instructions a `Connection: close` request cost).
+    pub(crate) fn recycle_buffers(&mut self, pool: &BufferPool) {
+        if self.rbuf.data.capacity() == 0 {
+            return;
+        }
+        self.rbuf.clear();
+        self.out.clear();
+        pool.give(Buffers {
+            read: std::mem::take(&mut self.rbuf.data),
+            write: std::mem::take(&mut self.out.tail),
+            vars: std::mem::take(&mut self.vars),
+            head: std::mem::take(&mut self.head),
+        });
+    }
+
     /// Takes buffers from `pool` if the session gave its own away.
     #[inline]
     pub(crate) fn reclaim_buffers(&mut self, pool: &BufferPool) {

@@ -775,6 +775,36 @@ fn an_idle_session_lends_its_buffers_and_takes_them_back() {
 }
 
 #[test]
+fn a_closed_session_hands_its_buffers_to_the_next_connection_which_sees_nothing_of_the_last() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let pool = BufferPool::new(4);
+    let t0 = Instant::now();
+    let mut first = session(config(&log), 0, t0);
+    let mut wire =
+        Wire::new(vec![b"GET /first?secret=1 HTTP/1.1\r\nHost: a\r\nX-Token: t\r\nConnection: close\r\n\r\n".to_vec()]);
+    pump(&mut first, &mut wire, &hello());
+    assert!(!first.is_open());
+    first.recycle_buffers(&pool);
+    assert_eq!(pool.spare.lock().unwrap().len(), 1, "given to the pool");
+    let mut second = session(config(&log), 0, t0);
+    second.reclaim_buffers(&pool);
+    assert!(second.rbuf.data.capacity() > 0 && pool.spare.lock().unwrap().is_empty(), "taken, not allocated");
+    let mut wire = Wire::new(vec![b"GET /second HTTP/1.1\r\nHost: b\r\n\r\n".to_vec()]);
+    let run = pump(&mut second, &mut wire, &sgi_dump());
+    let body = String::from_utf8(parse_responses(&wire.written, &[])[0].body.clone()).unwrap();
+    assert!(body.contains("/second") && !body.contains("secret") && !body.contains("X_TOKEN"), "{body}");
+    assert!(run.finished.len() == 1);
+}
+
+/// Answers the request's environ, one `KEY=value` line each.
+fn sgi_dump() -> impl Handler {
+    crate::handler::handler_fn(|env, sr| {
+        let lines: String = env.iter().map(|(k, v)| format!("{k}={}\n", String::from_utf8_lossy(v))).collect();
+        Ok(sr.start("200 OK", [("Content-Type", "text/plain")])?.body(lines))
+    })
+}
+
+#[test]
 fn a_body_is_in_hand_once_all_of_it_is_buffered_and_never_while_a_continue_is_owed() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let now = Instant::now();

@@ -471,6 +471,7 @@ impl EventLoopThread {
         conn.reclaim_buffers(&self.buffers);
         match conn.drive(self.mode) {
             Step::Closed => {
+                conn.recycle_buffers(&self.buffers);
                 // Closing the socket also removes it from the poller's interest list.
                 self.conns[slot] = None;
                 self.closed(slot);

@@ -154,7 +154,8 @@ impl Shared {
     }
 
     /// Closes a connection and frees its slot.
-    fn close(&self, conn: Box<Conn<Stream>>, index: usize) {
+    fn close(&self, mut conn: Box<Conn<Stream>>, index: usize) {
+        conn.recycle_buffers(&self.buffers);
         // Closing the socket also removes it from the poller's interest list.
         drop(conn);
         *self.slot(index) = Slot::default();
