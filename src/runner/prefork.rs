@@ -191,7 +191,8 @@ struct Master {
     /// The signal pipe: each signal the master handles writes its number.
     signals: File,
     signal_write: RawFd,
-    /// Each live worker's status pipe (read end): it writes [`READY`] once it serves.
+    /// The status pipe (read end) of each worker still booting: it writes [`READY`] once it
+    /// serves, and the pipe is closed then.
     statuses: BTreeMap<i32, File>,
     pid: libc::pid_t,
     /// `None` only in a forked worker, which took it.
@@ -296,16 +297,20 @@ impl Master {
         }
     }
 
+    /// Reads the status pipes: a worker that reported [`READY`], or closed its pipe without
+    /// (it is gone), is done with it, and its pipe is closed: a pipe at end of file is always
+    /// readable, and would keep the master's loop from ever waiting.
     fn read_statuses(&mut self, events: &mut Vec<Event>) {
         let mut buf = [0u8; 8];
-        for (&pid, pipe) in &mut self.statuses {
-            // One byte ever comes; end of file (the worker is gone) is left to the reaping.
-            if let Ok(n) = pipe.read(&mut buf) {
-                if buf[..n].contains(&READY) {
-                    events.push(Event::Ready { pid });
-                }
+        self.statuses.retain(|&pid, pipe| match pipe.read(&mut buf) {
+            Ok(0) => false,
+            Ok(n) if buf[..n].contains(&READY) => {
+                events.push(Event::Ready { pid });
+                false
             }
-        }
+            Ok(_) => true,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted,
+        });
     }
 
     /// Forks one worker; returns its pid. The worker never returns from here.

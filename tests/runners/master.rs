@@ -368,3 +368,23 @@ fn a_hanging_handler_is_killed_at_the_timeout_and_its_worker_replaced() {
     assert!(server.output().contains("timed out (a request running for"), "{}", server.output());
     ask(addr, "/").unwrap();
 }
+
+/// An idle master waits: a few ticks of CPU in 2 s, not a core. (A master that kept a worker's
+/// status pipe after its end of file polled it, readable forever, in a busy loop.)
+#[test]
+fn an_idle_master_uses_almost_no_cpu() {
+    let server = start("2");
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2));
+    ask(server.addr(), "/").unwrap();
+    let ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid)).unwrap();
+        let fields: Vec<u64> =
+            stat[stat.rfind(')').unwrap() + 2..].split(' ').skip(11).take(2).map(|f| f.parse().unwrap()).collect();
+        fields[0] + fields[1]
+    };
+    let before = ticks();
+    thread::sleep(Duration::from_secs(2));
+    let spent = ticks() - before;
+    // 2 s is 200 ticks of one core; the master's 100 ms turns cost well under one each.
+    assert!(spent < 20, "the master used {spent} ticks of CPU in 2 s while idle");
+}
