@@ -212,3 +212,33 @@ fn a_server_takes_at_most_max_listeners() {
     let err = server.also_listen("127.0.0.1:0").expect_err("one too many");
     assert_eq!(err.to_string(), "cannot bind 127.0.0.1:0");
 }
+
+/// Outside prefork the factory is called once, before serving; a factory that fails is
+/// `Error::Factory`, with the factory's error as its source.
+#[test]
+fn serve_factory_makes_the_handler_once_and_reports_a_failing_factory() {
+    let server = sgi::Server::bind("127.0.0.1:0").expect("bind").runner(sgi::runner::Serial);
+    let err = server.handle_signals(false).serve_factory(|| Err::<sgi::debug::EnvironDump, _>("no database".into()));
+    match err {
+        Err(sgi::Error::Factory(source)) => assert_eq!(source.to_string(), "no database"),
+        other => panic!("expected Error::Factory, got {other:?}"),
+    }
+
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = sgi::Server::bind("127.0.0.1:0").expect("bind").runner(sgi::runner::ThreadPool::new(2));
+    let addr = server.local_addr().expect("address");
+    let stop = server.shutdown_handle();
+    let counted = std::sync::Arc::clone(&calls);
+    let serving = std::thread::spawn(move || {
+        server.handle_signals(false).serve_factory(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(hello())
+        })
+    });
+    for _ in 0..3 {
+        assert!(get(addr).starts_with("HTTP/1.1 200 OK\r\n"));
+    }
+    stop.shutdown();
+    serving.join().expect("server thread").expect("serve");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
