@@ -10,8 +10,8 @@ pub struct Options {
     pub keep_alive: Option<std::time::Duration>,
 }
 
-/// Parses `--bind ADDR --runner NAME --workers N --threads M --timeout SECONDS
-/// --max-connections N --keep-alive SECONDS` (defaults: 127.0.0.1:8000, pool, 4 (event: one loop per CPU), the runner's own, the
+/// Parses `--bind ADDR --runner NAME --workers N --threads M --timeout SECONDS --max-requests N
+/// --max-requests-jitter N --max-connections N --keep-alive SECONDS` (defaults: 127.0.0.1:8000, pool, 4 (event: one loop per CPU), the runner's own, the
 /// runner's cap, the library's timeout); exits with a usage message on anything else.
 pub fn options(example: &str) -> Options {
     let mut bind = "127.0.0.1:8000".to_string();
@@ -20,6 +20,8 @@ pub fn options(example: &str) -> Options {
     let mut workers = None;
     let mut threads = None;
     let mut timeout = None;
+    let mut max_requests = None;
+    let mut max_requests_jitter = None;
     let mut max_connections = None;
     let mut keep_alive = None;
     let mut args = std::env::args().skip(1);
@@ -40,6 +42,17 @@ pub fn options(example: &str) -> Options {
                 let s: u64 = value("--timeout").parse().unwrap_or_else(|_| usage(example, "--timeout takes seconds"));
                 timeout = Some(s);
             }
+            "--max-requests" => {
+                let n =
+                    value("--max-requests").parse().unwrap_or_else(|_| usage(example, "--max-requests takes a number"));
+                max_requests = Some(n);
+            }
+            "--max-requests-jitter" => {
+                let n = value("--max-requests-jitter")
+                    .parse()
+                    .unwrap_or_else(|_| usage(example, "--max-requests-jitter takes a number"));
+                max_requests_jitter = Some(n);
+            }
             "--max-connections" => {
                 let n = value("--max-connections")
                     .parse()
@@ -56,8 +69,8 @@ pub fn options(example: &str) -> Options {
         }
     }
     let workers_or_default = workers.unwrap_or(4);
-    if timeout.is_some() && runner != "prefork" {
-        usage(example, "--timeout is for the prefork runner");
+    if (timeout.is_some() || max_requests.is_some() || max_requests_jitter.is_some()) && runner != "prefork" {
+        usage(example, "--timeout, --max-requests and --max-requests-jitter are for the prefork runner");
     }
     let runner: Box<dyn sgi::runner::Runner> = match (runner.as_str(), threads, max_connections) {
         ("pool", None, Some(max)) => Box::new(sgi::runner::ThreadPool::new(workers_or_default).max_connections(max)),
@@ -76,6 +89,8 @@ pub fn options(example: &str) -> Options {
                 // gunicorn's meaning: 0 turns the timeout off.
                 prefork = prefork.timeout((seconds > 0).then(|| std::time::Duration::from_secs(seconds)));
             }
+            prefork =
+                prefork.max_requests(max_requests.unwrap_or(0)).max_requests_jitter(max_requests_jitter.unwrap_or(0));
             Box::new(prefork)
         }
         (_, Some(_), _) => usage(example, "--threads is for the event and prefork runners"),
@@ -91,7 +106,8 @@ fn usage(example: &str, problem: &str) -> ! {
     }
     eprintln!(
         "usage: cargo run --release --example {example} -- [--bind ADDR] [--runner NAME] [--workers N] \
-         [--threads M] [--timeout SECONDS] [--max-connections N] [--keep-alive SECONDS]\n  runners: {}",
+         [--threads M] [--timeout SECONDS] [--max-requests N] [--max-requests-jitter N] \
+         [--max-connections N] [--keep-alive SECONDS]\n  runners: {}",
         sgi::runner::NAMES.join(", ")
     );
     exit(if problem.is_empty() { 0 } else { 2 })

@@ -44,6 +44,8 @@ pub(crate) enum Event {
     Exited { pid: i32, code: i32 },
     /// The worker is stuck (`why`: its request or its heartbeat is older than the timeout).
     Overdue { pid: i32, why: String },
+    /// The worker served its `max_requests`: replace it, new worker first.
+    Recycle { pid: i32 },
     /// TERM: stop gracefully.
     GracefulStop,
     /// INT or QUIT: stop now.
@@ -76,6 +78,8 @@ pub(crate) enum Action {
 enum State {
     Booting,
     Serving,
+    /// Serving, and due for recycling (`max_requests`): it retires once a replacement serves.
+    Recycling,
     /// Told to stop (SIGTERM); killed (SIGKILL) if still there at `deadline`.
     Stopping {
         deadline: Instant,
@@ -167,6 +171,15 @@ impl Arbiter {
                 self.failed_once(now, actions);
             }
             Event::Ready { pid } => self.ready(pid, now, actions),
+            Event::Recycle { pid } => {
+                if let Some(w) = self.workers.get_mut(&pid).filter(|w| w.state == State::Serving) {
+                    if self.stopping.is_none() {
+                        w.state = State::Recycling;
+                        actions
+                            .push(Action::Log(format!("worker {pid} served its requests: starting its replacement")));
+                    }
+                }
+            }
             Event::Overdue { pid, why } => {
                 if self.workers.get(&pid).is_some_and(|w| !matches!(w.state, State::Stopping { .. })) {
                     actions.push(Action::Log(format!("worker {pid} timed out ({why}): killing and replacing it")));
@@ -233,11 +246,22 @@ impl Arbiter {
         })
     }
 
+    /// The workers of `generation` that count towards the target: booting or serving, not
+    /// stopping or due for recycling.
     fn pids_of(&self, generation: u32) -> impl Iterator<Item = i32> + '_ {
         self.workers
             .iter()
-            .filter(move |(_, w)| w.generation == generation && !matches!(w.state, State::Stopping { .. }))
+            .filter(move |(_, w)| w.generation == generation && matches!(w.state, State::Booting | State::Serving))
             .map(|(&pid, _)| pid)
+    }
+
+    /// Every worker of `generation` not yet told to stop.
+    fn unstopped_of(&self, generation: u32) -> Vec<i32> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.generation == generation && !matches!(w.state, State::Stopping { .. }))
+            .map(|(&pid, _)| pid)
+            .collect()
     }
 
     /// Sends SIGTERM to a worker: it finishes its requests and exits, or is killed at the grace
@@ -273,12 +297,17 @@ impl Arbiter {
         w.state = State::Serving;
         self.failures = 0;
         self.resume_at = None;
+        // A replacement serves: one worker due for recycling can go.
+        let due = self.workers.iter().find(|(_, w)| w.state == State::Recycling).map(|(&pid, _)| pid);
+        if let Some(due) = due {
+            self.retire(due, now, actions);
+        }
         let Some(previous) = self.previous else { return };
         let current = self.generation;
         let up = self.workers.values().filter(|w| w.generation == current && w.state == State::Serving).count();
         if up >= self.target {
             // The new generation serves in full: only now do the old workers go.
-            let old: Vec<i32> = self.pids_of(previous).collect();
+            let old = self.unstopped_of(previous);
             actions.push(Action::Log(format!("reloaded: retiring {} old worker(s)", old.len())));
             for pid in old {
                 self.retire(pid, now, actions);
@@ -551,6 +580,22 @@ mod tests {
         let before = m.signals.len();
         m.event(Event::Overdue { pid: 101, why: "again".into() });
         assert_eq!(m.signals.len(), before);
+    }
+
+    #[test]
+    fn a_worker_due_for_recycling_retires_only_once_its_replacement_serves() {
+        let mut m = Master::start(2);
+        m.ready_all();
+        m.event(Event::Recycle { pid: 101 });
+        assert_eq!(m.arbiter.pids(), vec![101, 102, 103], "the replacement first");
+        assert!(m.terms().is_empty(), "the old one serves meanwhile");
+        m.event(Event::Recycle { pid: 101 });
+        assert_eq!(m.arbiter.pids(), vec![101, 102, 103], "asked twice, replaced once");
+        m.event(Event::Ready { pid: 103 });
+        assert_eq!(m.terms(), vec![101]);
+        m.event(Event::Exited { pid: 101, code: 0 });
+        m.after(Duration::from_secs(1));
+        assert_eq!(m.arbiter.pids(), vec![102, 103]);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub const DEFAULT_PREFORK_TIMEOUT: Duration = Duration::from_secs(30);
 const HEARTBEAT: usize = 0;
 /// Word of a worker's [`SharedWords`]: when its oldest request in progress began (0: none).
 const OLDEST_REQUEST: usize = 1;
+/// Word of a worker's [`SharedWords`]: set once it served its `max_requests`.
+const RECYCLE: usize = 2;
 /// Handler calls tracked at once in a worker (one slot per thread that calls handlers).
 const REQUEST_SLOTS: usize = 1024;
 
@@ -88,6 +90,8 @@ pub struct Prefork {
     workers: usize,
     inner: Box<dyn Runner>,
     timeout: Option<Duration>,
+    max_requests: u64,
+    max_requests_jitter: u64,
 }
 
 impl std::fmt::Debug for Prefork {
@@ -96,6 +100,8 @@ impl std::fmt::Debug for Prefork {
             .field("workers", &self.workers)
             .field("inner", &self.inner.name())
             .field("timeout", &self.timeout)
+            .field("max_requests", &self.max_requests)
+            .field("max_requests_jitter", &self.max_requests_jitter)
             .finish()
     }
 }
@@ -108,7 +114,25 @@ impl Prefork {
             workers: workers.max(1),
             inner: Box::new(ThreadPool::new(DEFAULT_PREFORK_THREADS)),
             timeout: Some(DEFAULT_PREFORK_TIMEOUT),
+            max_requests: 0,
+            max_requests_jitter: 0,
         }
+    }
+
+    /// Recycles a worker once it has answered `max` requests (gunicorn's `--max-requests`,
+    /// against slow leaks): its replacement is started first, and the worker retires
+    /// gracefully once the replacement serves. 0 (the default): never.
+    pub fn max_requests(mut self, max: u64) -> Prefork {
+        self.max_requests = max;
+        self
+    }
+
+    /// Adds to each worker's [`max_requests`](Prefork::max_requests) a number between 0 and
+    /// `jitter`, different for each worker, so that workers started together are not all
+    /// recycled at once (gunicorn's `--max-requests-jitter`).
+    pub fn max_requests_jitter(mut self, jitter: u64) -> Prefork {
+        self.max_requests_jitter = jitter;
+        self
     }
 
     /// The longest one request may run (gunicorn's `--timeout`): a worker with a handler call
@@ -166,6 +190,7 @@ impl Runner for Prefork {
             pid: process::pid(),
             worker: Some(WorkerKit { listeners, inner: self.inner, app }),
             timeout: self.timeout,
+            max_requests: (self.max_requests, self.max_requests_jitter),
             liveness: BTreeMap::new(),
             config,
             flags,
@@ -198,8 +223,11 @@ struct Master {
     /// `None` only in a forked worker, which took it.
     worker: Option<WorkerKit>,
     timeout: Option<Duration>,
-    /// What each live worker publishes: its heartbeat and its oldest request.
-    liveness: BTreeMap<i32, SharedWords>,
+    /// `max_requests` and its jitter (0: never recycle).
+    max_requests: (u64, u64),
+    /// What each live worker publishes: its heartbeat, its oldest request, whether it is due
+    /// for recycling.
+    liveness: BTreeMap<i32, Arc<SharedWords>>,
     config: Arc<Config>,
     flags: RunnerFlags,
     shutdown: ShutdownHandle,
@@ -278,8 +306,15 @@ impl Master {
         }
     }
 
-    /// A worker whose oldest request, or last heartbeat, is older than the timeout is overdue.
+    /// A worker whose oldest request, or last heartbeat, is older than the timeout is overdue;
+    /// one that served its `max_requests` is due for recycling.
     fn check_liveness(&self, events: &mut Vec<Event>) {
+        for (&pid, words) in &self.liveness {
+            // Swapped back, so that it is reported once.
+            if words.word(RECYCLE).swap(0, Ordering::Relaxed) != 0 {
+                events.push(Event::Recycle { pid });
+            }
+        }
         let Some(timeout) = self.timeout else { return };
         let limit = timeout.as_millis() as u64;
         let now = process::monotonic_ms();
@@ -316,7 +351,7 @@ impl Master {
     /// Forks one worker; returns its pid. The worker never returns from here.
     fn spawn(&mut self) -> io::Result<i32> {
         let (status_read, status_write) = unix::pipe()?;
-        let words = SharedWords::new()?;
+        let words = Arc::new(SharedWords::new()?);
         match process::fork(signal::reset_in_child)? {
             process::Forked::Parent { child } => {
                 drop(status_write);
@@ -337,8 +372,11 @@ impl Master {
                 // This process's copy of what the master keeps: it never returns to the master's
                 // loop, so taking it away from there is safe.
                 let kit = self.worker.take().expect("the master keeps the worker kit");
-                let liveness = self.timeout.map(|t| (t, words));
-                worker(kit, &self.config, self.flags, File::from(status_write), liveness)
+                let (max, jitter) = self.max_requests;
+                // Different for each worker, without a random number generator.
+                let max = if max == 0 { 0 } else { max + u64::from(process::pid().unsigned_abs()) % (jitter + 1) };
+                let watch = Watch { timeout: self.timeout, max_requests: max, words };
+                worker(kit, &self.config, self.flags, File::from(status_write), watch)
             }
         }
     }
@@ -347,13 +385,7 @@ impl Master {
 /// A worker's life: make the handler, report, serve until told to stop, exit. Never returns
 /// into the master's code, and never runs the master's destructors (a Unix socket's file is
 /// the master's to remove).
-fn worker(
-    kit: WorkerKit,
-    config: &Arc<Config>,
-    flags: RunnerFlags,
-    mut status: File,
-    liveness: Option<(Duration, SharedWords)>,
-) -> ! {
+fn worker(kit: WorkerKit, config: &Arc<Config>, flags: RunnerFlags, mut status: File, watch: Watch) -> ! {
     let pid = process::pid();
     let WorkerKit { listeners, inner, app } = kit;
     let handler = match app {
@@ -370,13 +402,20 @@ fn worker(
     let served = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
         let shutdown = ShutdownHandle::new()?;
         let _signals = shutdown.handle_signals()?;
-        let handler: Box<dyn Handler> = match liveness {
-            Some((timeout, words)) => {
-                let in_flight = Arc::new(InFlight::new());
-                heartbeat(timeout, words, Arc::clone(&in_flight))?;
-                Box::new(Timed { inner: handler, in_flight })
+        let handler: Box<dyn Handler> = if watch.timeout.is_some() || watch.max_requests > 0 {
+            let in_flight = Arc::new(InFlight::new());
+            if let Some(timeout) = watch.timeout {
+                heartbeat(timeout, Arc::clone(&watch.words), Arc::clone(&in_flight))?;
             }
-            None => handler,
+            Box::new(Watched {
+                inner: handler,
+                in_flight: watch.timeout.is_some().then_some(in_flight),
+                max_requests: watch.max_requests,
+                served: AtomicU64::new(0),
+                words: watch.words,
+            })
+        } else {
+            handler
         };
         let _ = status.write_all(&[READY]);
         drop(status);
@@ -434,10 +473,22 @@ impl InFlight {
     }
 }
 
-/// The app's handler, with each call's start noted for the master's timeout.
-struct Timed {
+/// What a worker publishes to its master, and when.
+struct Watch {
+    timeout: Option<Duration>,
+    /// Requests after which the worker asks to be recycled (0: never).
+    max_requests: u64,
+    words: Arc<SharedWords>,
+}
+
+/// The app's handler, with each call's start noted for the master's timeout, and the calls
+/// counted for `max_requests`.
+struct Watched {
     inner: Box<dyn Handler>,
-    in_flight: Arc<InFlight>,
+    in_flight: Option<Arc<InFlight>>,
+    max_requests: u64,
+    served: AtomicU64,
+    words: Arc<SharedWords>,
 }
 
 /// Clears a call's slot when the call ends, by return or by panic.
@@ -451,9 +502,13 @@ impl Drop for CallDone<'_> {
     }
 }
 
-impl Handler for Timed {
+impl Handler for Watched {
     fn call(&self, env: &mut Environ<'_>, start_response: StartResponse<'_>) -> Result<Response, BoxError> {
-        let slot = self.in_flight.slot();
+        if self.max_requests > 0 && self.served.fetch_add(1, Ordering::Relaxed) + 1 == self.max_requests {
+            // Once: the master starts a replacement, then retires this worker gracefully.
+            self.words.word(RECYCLE).store(1, Ordering::Relaxed);
+        }
+        let slot = self.in_flight.as_deref().and_then(InFlight::slot);
         if let Some(slot) = slot {
             slot.store(process::monotonic_ms(), Ordering::Relaxed);
         }
@@ -463,7 +518,7 @@ impl Handler for Timed {
 }
 
 /// Starts the thread that publishes the worker's heartbeat and oldest call to its master.
-fn heartbeat(timeout: Duration, words: SharedWords, in_flight: Arc<InFlight>) -> io::Result<()> {
+fn heartbeat(timeout: Duration, words: Arc<SharedWords>, in_flight: Arc<InFlight>) -> io::Result<()> {
     let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     words.word(HEARTBEAT).store(process::monotonic_ms(), Ordering::Relaxed);
     std::thread::Builder::new().name("sgi-heartbeat".into()).spawn(move || loop {

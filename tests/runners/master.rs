@@ -388,3 +388,23 @@ fn an_idle_master_uses_almost_no_cpu() {
     // 2 s is 200 ticks of one core; the master's 100 ms turns cost well under one each.
     assert!(spent < 20, "the master used {spent} ticks of CPU in 2 s while idle");
 }
+
+/// `--max-requests 5`: a worker that answered 5 requests is recycled, its replacement first, so
+/// that a client sending one request after another never finds nobody serving.
+#[test]
+fn a_worker_is_recycled_after_max_requests_with_its_replacement_first() {
+    let server = ServerProcess::start("prefork", &["--workers", "1", "--threads", "2", "--max-requests", "5"]);
+    let addr = server.addr();
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 1));
+    let mut pids = BTreeSet::new();
+    let mut most = 0;
+    for i in 0..20 {
+        let body = ask(addr, "/").unwrap_or_else(|e| panic!("request {i}: {e}\n{}", server.output()));
+        pids.insert(answering_pid(&body));
+        most = most.max(workers(server.pid).len());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pids.len() >= 3, "20 requests at 5 per worker were answered by {pids:?}\n{}", server.output());
+    assert!(most <= 2, "at most the worker and its replacement at once, saw {most}");
+    assert!(server.output().contains("served its requests"), "{}", server.output());
+}

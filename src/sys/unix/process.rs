@@ -153,7 +153,7 @@ unsafe impl Send for SharedWords {}
 unsafe impl Sync for SharedWords {}
 
 /// Words in a [`SharedWords`].
-pub(crate) const SHARED_WORDS: usize = 2;
+pub(crate) const SHARED_WORDS: usize = 3;
 
 impl SharedWords {
     pub(crate) fn new() -> io::Result<SharedWords> {
