@@ -5,7 +5,8 @@
 //! requests it answered. Send the master `HUP` and the answers come from new workers.
 //! - `/`: `worker PID, up Ns, request N`;
 //! - `/slow?ms=N`: the same after N ms;
-//! - `/crash`: the worker aborts (the master replaces it).
+//! - `/crash`: the worker aborts (the master replaces it);
+//! - `/grow?mb=N`: the worker keeps N MiB more for good (a leak, for `--max-rss-mb`).
 //!
 //! `PREFORK_FAIL_IF_EXISTS=PATH`: the factory fails while PATH exists, as a worker that cannot
 //! reach its database would (a reload then keeps the old workers).
@@ -20,6 +21,7 @@ struct Worker {
     pid: u32,
     booted: Instant,
     requests: AtomicU64,
+    leaked: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl sgi::Handler for Worker {
@@ -31,6 +33,15 @@ impl sgi::Handler for Worker {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         match env.path_info() {
             b"/crash" => std::process::abort(),
+            b"/grow" => {
+                let mb: usize = std::str::from_utf8(env.query_string())
+                    .ok()
+                    .and_then(|q| q.strip_prefix("mb="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                // Written, so that the pages are resident.
+                self.leaked.lock().unwrap_or_else(|e| e.into_inner()).push(vec![1u8; mb << 20]);
+            }
             b"/slow" => {
                 let ms = std::str::from_utf8(env.query_string())
                     .ok()
@@ -56,6 +67,11 @@ fn main() {
                 return Err(format!("{} exists: refusing to boot", path.to_string_lossy()).into());
             }
         }
-        Ok(Worker { pid: std::process::id(), booted: Instant::now(), requests: AtomicU64::new(0) })
+        Ok(Worker {
+            pid: std::process::id(),
+            booted: Instant::now(),
+            requests: AtomicU64::new(0),
+            leaked: std::sync::Mutex::new(Vec::new()),
+        })
     });
 }

@@ -11,7 +11,7 @@ pub struct Options {
 }
 
 /// Parses `--bind ADDR --runner NAME --workers N --threads M --timeout SECONDS --max-requests N
-/// --max-requests-jitter N --max-connections N --keep-alive SECONDS` (defaults: 127.0.0.1:8000, pool, 4 (event: one loop per CPU), the runner's own, the
+/// --max-requests-jitter N --max-rss-mb N --max-connections N --keep-alive SECONDS` (defaults: 127.0.0.1:8000, pool, 4 (event: one loop per CPU), the runner's own, the
 /// runner's cap, the library's timeout); exits with a usage message on anything else.
 pub fn options(example: &str) -> Options {
     let mut bind = "127.0.0.1:8000".to_string();
@@ -22,6 +22,7 @@ pub fn options(example: &str) -> Options {
     let mut timeout = None;
     let mut max_requests = None;
     let mut max_requests_jitter = None;
+    let mut max_rss_mb: Option<u64> = None;
     let mut max_connections = None;
     let mut keep_alive = None;
     let mut args = std::env::args().skip(1);
@@ -53,6 +54,10 @@ pub fn options(example: &str) -> Options {
                     .unwrap_or_else(|_| usage(example, "--max-requests-jitter takes a number"));
                 max_requests_jitter = Some(n);
             }
+            "--max-rss-mb" => {
+                let n = value("--max-rss-mb").parse().unwrap_or_else(|_| usage(example, "--max-rss-mb takes a number"));
+                max_rss_mb = Some(n);
+            }
             "--max-connections" => {
                 let n = value("--max-connections")
                     .parse()
@@ -69,8 +74,10 @@ pub fn options(example: &str) -> Options {
         }
     }
     let workers_or_default = workers.unwrap_or(4);
-    if (timeout.is_some() || max_requests.is_some() || max_requests_jitter.is_some()) && runner != "prefork" {
-        usage(example, "--timeout, --max-requests and --max-requests-jitter are for the prefork runner");
+    let prefork_only =
+        timeout.is_some() || max_requests.is_some() || max_requests_jitter.is_some() || max_rss_mb.is_some();
+    if prefork_only && runner != "prefork" {
+        usage(example, "--timeout, --max-requests, --max-requests-jitter and --max-rss-mb are for the prefork runner");
     }
     let runner: Box<dyn sgi::runner::Runner> = match (runner.as_str(), threads, max_connections) {
         ("pool", None, Some(max)) => Box::new(sgi::runner::ThreadPool::new(workers_or_default).max_connections(max)),
@@ -89,8 +96,10 @@ pub fn options(example: &str) -> Options {
                 // gunicorn's meaning: 0 turns the timeout off.
                 prefork = prefork.timeout((seconds > 0).then(|| std::time::Duration::from_secs(seconds)));
             }
-            prefork =
-                prefork.max_requests(max_requests.unwrap_or(0)).max_requests_jitter(max_requests_jitter.unwrap_or(0));
+            prefork = prefork
+                .max_requests(max_requests.unwrap_or(0))
+                .max_requests_jitter(max_requests_jitter.unwrap_or(0))
+                .max_rss(max_rss_mb.map(|mb| mb << 20));
             Box::new(prefork)
         }
         (_, Some(_), _) => usage(example, "--threads is for the event and prefork runners"),
@@ -107,7 +116,7 @@ fn usage(example: &str, problem: &str) -> ! {
     eprintln!(
         "usage: cargo run --release --example {example} -- [--bind ADDR] [--runner NAME] [--workers N] \
          [--threads M] [--timeout SECONDS] [--max-requests N] [--max-requests-jitter N] \
-         [--max-connections N] [--keep-alive SECONDS]\n  runners: {}",
+         [--max-rss-mb N] [--max-connections N] [--keep-alive SECONDS]\n  runners: {}",
         sgi::runner::NAMES.join(", ")
     );
     exit(if problem.is_empty() { 0 } else { 2 })

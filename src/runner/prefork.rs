@@ -92,6 +92,7 @@ pub struct Prefork {
     timeout: Option<Duration>,
     max_requests: u64,
     max_requests_jitter: u64,
+    max_rss: Option<u64>,
 }
 
 impl std::fmt::Debug for Prefork {
@@ -102,6 +103,7 @@ impl std::fmt::Debug for Prefork {
             .field("timeout", &self.timeout)
             .field("max_requests", &self.max_requests)
             .field("max_requests_jitter", &self.max_requests_jitter)
+            .field("max_rss", &self.max_rss)
             .finish()
     }
 }
@@ -116,7 +118,16 @@ impl Prefork {
             timeout: Some(DEFAULT_PREFORK_TIMEOUT),
             max_requests: 0,
             max_requests_jitter: 0,
+            max_rss: None,
         }
+    }
+
+    /// Recycles a worker whose resident memory grows past `bytes` (uWSGI's `reload-on-rss`),
+    /// checked every second: like [`max_requests`](Prefork::max_requests), its replacement
+    /// first. `None` (the default): never.
+    pub fn max_rss(mut self, bytes: Option<u64>) -> Prefork {
+        self.max_rss = bytes;
+        self
     }
 
     /// Recycles a worker once it has answered `max` requests (gunicorn's `--max-requests`,
@@ -191,6 +202,7 @@ impl Runner for Prefork {
             worker: Some(WorkerKit { listeners, inner: self.inner, app }),
             timeout: self.timeout,
             max_requests: (self.max_requests, self.max_requests_jitter),
+            max_rss: self.max_rss,
             liveness: BTreeMap::new(),
             config,
             flags,
@@ -225,6 +237,7 @@ struct Master {
     timeout: Option<Duration>,
     /// `max_requests` and its jitter (0: never recycle).
     max_requests: (u64, u64),
+    max_rss: Option<u64>,
     /// What each live worker publishes: its heartbeat, its oldest request, whether it is due
     /// for recycling.
     liveness: BTreeMap<i32, Arc<SharedWords>>,
@@ -375,7 +388,7 @@ impl Master {
                 let (max, jitter) = self.max_requests;
                 // Different for each worker, without a random number generator.
                 let max = if max == 0 { 0 } else { max + u64::from(process::pid().unsigned_abs()) % (jitter + 1) };
-                let watch = Watch { timeout: self.timeout, max_requests: max, words };
+                let watch = Watch { timeout: self.timeout, max_requests: max, max_rss: self.max_rss, words };
                 worker(kit, &self.config, self.flags, File::from(status_write), watch)
             }
         }
@@ -402,11 +415,11 @@ fn worker(kit: WorkerKit, config: &Arc<Config>, flags: RunnerFlags, mut status: 
     let served = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
         let shutdown = ShutdownHandle::new()?;
         let _signals = shutdown.handle_signals()?;
+        let in_flight = Arc::new(InFlight::new());
+        if watch.timeout.is_some() || watch.max_rss.is_some() {
+            watcher(&watch, Arc::clone(&in_flight))?;
+        }
         let handler: Box<dyn Handler> = if watch.timeout.is_some() || watch.max_requests > 0 {
-            let in_flight = Arc::new(InFlight::new());
-            if let Some(timeout) = watch.timeout {
-                heartbeat(timeout, Arc::clone(&watch.words), Arc::clone(&in_flight))?;
-            }
             Box::new(Watched {
                 inner: handler,
                 in_flight: watch.timeout.is_some().then_some(in_flight),
@@ -478,6 +491,8 @@ struct Watch {
     timeout: Option<Duration>,
     /// Requests after which the worker asks to be recycled (0: never).
     max_requests: u64,
+    /// Resident memory above which it asks to be recycled.
+    max_rss: Option<u64>,
     words: Arc<SharedWords>,
 }
 
@@ -518,13 +533,35 @@ impl Handler for Watched {
 }
 
 /// Starts the thread that publishes the worker's heartbeat and oldest call to its master.
-fn heartbeat(timeout: Duration, words: Arc<SharedWords>, in_flight: Arc<InFlight>) -> io::Result<()> {
-    let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+/// Starts the thread that publishes the worker's heartbeat and oldest call (with a timeout)
+/// and asks for recycling once its memory passes `max_rss` bytes.
+fn watcher(watch: &Watch, in_flight: Arc<InFlight>) -> io::Result<()> {
+    let every = watch
+        .timeout
+        .map_or(Duration::from_secs(1), |t| (t / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)));
+    let (timeout, max_rss, words) = (watch.timeout, watch.max_rss, Arc::clone(&watch.words));
     words.word(HEARTBEAT).store(process::monotonic_ms(), Ordering::Relaxed);
-    std::thread::Builder::new().name("sgi-heartbeat".into()).spawn(move || loop {
-        words.word(HEARTBEAT).store(process::monotonic_ms(), Ordering::Relaxed);
-        words.word(OLDEST_REQUEST).store(in_flight.oldest(), Ordering::Relaxed);
+    let mut asked = false;
+    std::thread::Builder::new().name("sgi-watcher".into()).spawn(move || loop {
+        if timeout.is_some() {
+            words.word(HEARTBEAT).store(process::monotonic_ms(), Ordering::Relaxed);
+            words.word(OLDEST_REQUEST).store(in_flight.oldest(), Ordering::Relaxed);
+        }
+        if let Some(max) = max_rss.filter(|_| !asked) {
+            if rss_bytes().is_some_and(|rss| rss > max) {
+                asked = true;
+                words.word(RECYCLE).store(1, Ordering::Relaxed);
+            }
+        }
         std::thread::sleep(every);
     })?;
     Ok(())
+}
+
+/// This process's resident memory, from `/proc/self/status`.
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
 }

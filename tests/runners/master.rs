@@ -408,3 +408,19 @@ fn a_worker_is_recycled_after_max_requests_with_its_replacement_first() {
     assert!(most <= 2, "at most the worker and its replacement at once, saw {most}");
     assert!(server.output().contains("served its requests"), "{}", server.output());
 }
+
+/// `--max-rss-mb 64`: a worker that grows past 64 MiB is recycled, replacement first.
+#[test]
+fn a_worker_that_grows_past_max_rss_is_recycled() {
+    let server = ServerProcess::start("prefork", &["--workers", "1", "--threads", "2", "--max-rss-mb", "64"]);
+    let addr = server.addr();
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 1));
+    let first = answering_pid(&ask(addr, "/").unwrap());
+    ask(addr, "/grow?mb=100").unwrap();
+    let replaced = wait_until(Duration::from_secs(6), || {
+        let now = workers(server.pid);
+        now.len() == 1 && !now.contains(&first)
+    });
+    assert!(replaced, "{:?}\n{}", workers(server.pid), server.output());
+    assert_ne!(answering_pid(&ask(addr, "/").unwrap()), first);
+}
