@@ -489,14 +489,7 @@ impl Session {
         if !self.is_idle() || now.saturating_duration_since(self.idle_since) < idle_for {
             return;
         }
-        self.rbuf.clear();
-        self.out.clear();
-        pool.give(Buffers {
-            read: std::mem::take(&mut self.rbuf.data),
-            write: std::mem::take(&mut self.out.tail),
-            vars: std::mem::take(&mut self.vars),
-            head: std::mem::take(&mut self.head),
-        });
+        self.give_buffers(pool);
     }
 
     /// Hands the buffers of a session that is done with them (its connection closed) to `pool`,
@@ -506,6 +499,11 @@ impl Session {
         if self.rbuf.data.capacity() == 0 {
             return;
         }
+        self.give_buffers(pool);
+    }
+
+    /// Empties the buffers and hands them to `pool`.
+    fn give_buffers(&mut self, pool: &BufferPool) {
         self.rbuf.clear();
         self.out.clear();
         pool.give(Buffers {
