@@ -10,6 +10,9 @@
 //!
 //! `PREFORK_FAIL_IF_EXISTS=PATH`: the factory fails while PATH exists, as a worker that cannot
 //! reach its database would (a reload then keeps the old workers).
+//!
+//! `PREFORK_HOOK_LOG=PATH`: each worker appends `fork PID` to PATH when it starts and `exit PID`
+//! when it leaves (the worker hooks).
 
 mod common;
 
@@ -59,9 +62,23 @@ impl sgi::Handler for Worker {
 
 fn main() {
     let fail_if = std::env::var_os("PREFORK_FAIL_IF_EXISTS");
-    // With `--runner prefork` (add it: the examples default to the pool) each worker calls this
-    // after the fork.
-    common::serve_factory("prefork", sgi::Config::default(), move || {
+    let (mut server, config) = common::prepare("prefork", sgi::Config::default());
+    if let Some(path) = std::env::var_os("PREFORK_HOOK_LOG") {
+        let log = move |event: &str| {
+            use std::io::Write;
+            let line = format!("{event} {}\n", std::process::id());
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+            // One write per line with O_APPEND: workers never interleave within a line.
+            if let Err(e) = file.and_then(|mut f| f.write_all(line.as_bytes())) {
+                eprintln!("cannot write the hook log: {e}");
+            }
+        };
+        let log = std::sync::Arc::new(log);
+        let at_exit = std::sync::Arc::clone(&log);
+        server = server.on_worker_fork(move || log("fork")).on_worker_exit(move || at_exit("exit"));
+    }
+    // Under the prefork runner each worker calls this after the fork.
+    let served = server.config(config).serve_factory(move || {
         if let Some(path) = &fail_if {
             if std::path::Path::new(path).exists() {
                 return Err(format!("{} exists: refusing to boot", path.to_string_lossy()).into());
@@ -74,4 +91,7 @@ fn main() {
             leaked: std::sync::Mutex::new(Vec::new()),
         })
     });
+    if let Err(e) = served {
+        common::fail(&e);
+    }
 }

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::error::{BindError, Error, Result};
 use crate::handler::{BoxError, Handler};
 use crate::net::{Listener, Listeners};
-use crate::runner::private::{App, Serving};
+use crate::runner::private::{App, Serving, WorkerHooks};
 use crate::runner::{Runner, ThreadPool};
 use crate::shutdown::ShutdownHandle;
 
@@ -38,6 +38,7 @@ pub struct Server {
     runner: Box<dyn Runner>,
     shutdown: ShutdownHandle,
     handle_signals: bool,
+    hooks: WorkerHooks,
 }
 
 impl std::fmt::Debug for Server {
@@ -165,6 +166,7 @@ impl Server {
             runner: Box::new(ThreadPool::default()),
             shutdown: ShutdownHandle::new()?,
             handle_signals: true,
+            hooks: WorkerHooks::default(),
         })
     }
 
@@ -203,6 +205,37 @@ impl Server {
     /// per process should handle signals. Default: `true`.
     pub fn handle_signals(mut self, handle: bool) -> Server {
         self.handle_signals = handle;
+        self
+    }
+
+    /// Runs `hook` in each worker process of the [`Prefork`](crate::runner::Prefork) runner
+    /// right after the fork, before the handler factory (gunicorn's `post_fork`): to reseed a
+    /// random number generator, reopen what must not be shared with the master, or log the
+    /// worker's start. A hook that panics is a worker that cannot boot. Other runners do not
+    /// call it: their process is the one that called `serve` (the factory of
+    /// [`Server::serve_factory`] is the place for per-process state there).
+    pub fn on_worker_fork(mut self, hook: impl Fn() + Send + Sync + 'static) -> Server {
+        self.hooks.after_fork = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs `hook` in each worker process of the [`Prefork`](crate::runner::Prefork) runner
+    /// once it has stopped serving and before it exits (gunicorn's `worker_exit`): after a
+    /// graceful stop, a reload, a recycling or a failure of its runner, but not when it is
+    /// killed (a timeout, `SIGKILL`, a quick stop) or crashes. A panic in the hook is logged.
+    /// Other runners do not call it: `serve` returns to their caller.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), sgi::Error> {
+    /// sgi::Server::bind("127.0.0.1:8000")?
+    ///     .runner(sgi::runner::Prefork::new(2))
+    ///     .on_worker_fork(|| eprintln!("worker {} started", std::process::id()))
+    ///     .on_worker_exit(|| eprintln!("worker {} flushing and leaving", std::process::id()))
+    ///     .serve(sgi::handler_fn(|_env, sr| Ok(sr.start("204 No Content", [])?.body(""))))
+    /// # }
+    /// ```
+    pub fn on_worker_exit(mut self, hook: impl Fn() + Send + Sync + 'static) -> Server {
+        self.hooks.before_exit = Some(Arc::new(hook));
         self
     }
 
@@ -253,6 +286,7 @@ impl Server {
             flags: self.runner.flags(),
             shutdown: self.shutdown,
             app,
+            hooks: self.hooks,
         };
         self.runner.run(serving)
     }

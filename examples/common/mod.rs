@@ -150,7 +150,7 @@ pub fn serve_factory<H: sgi::Handler>(
 }
 
 /// Parses the options, raises the descriptor limit, binds and prints the URL.
-fn prepare(example: &str, config: sgi::Config) -> (sgi::Server, sgi::Config) {
+pub fn prepare(example: &str, config: sgi::Config) -> (sgi::Server, sgi::Config) {
     let options = options(example);
     // One descriptor per connection: take all the process may have.
     if let Err(e) = sgi::raise_fd_limit() {

@@ -228,6 +228,19 @@ pub(crate) mod private {
     /// Makes the handler: called once by most runners, once per worker by prefork.
     pub(crate) type Factory = Box<dyn Fn() -> Result<Box<dyn Handler>, BoxError> + Send + Sync>;
 
+    /// A hook the app gives [`Server::on_worker_fork`](crate::Server::on_worker_fork) or
+    /// [`Server::on_worker_exit`](crate::Server::on_worker_exit).
+    pub(crate) type Hook = Arc<dyn Fn() + Send + Sync>;
+
+    /// What a prefork worker runs of the app's besides its handler.
+    #[derive(Clone, Default)]
+    pub(crate) struct WorkerHooks {
+        /// In the worker, right after the fork, before the factory.
+        pub(crate) after_fork: Option<Hook>,
+        /// In the worker, once it stops serving, before it exits.
+        pub(crate) before_exit: Option<Hook>,
+    }
+
     /// The application: a handler, or a factory that makes one.
     pub(crate) enum App {
         Handler(Box<dyn Handler>),
@@ -241,6 +254,7 @@ pub(crate) mod private {
         pub(crate) flags: RunnerFlags,
         pub(crate) shutdown: ShutdownHandle,
         pub(crate) app: App,
+        pub(crate) hooks: WorkerHooks,
     }
 
     impl Serving {

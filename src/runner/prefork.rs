@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::arbiter::{Action, Arbiter, Event, Sig, BOOT_ERROR};
-use super::private::{App, Sealed, Serving};
+use super::private::{App, Sealed, Serving, WorkerHooks};
 use super::{Runner, ThreadPool};
 use crate::config::Config;
 use crate::conn::panic_message;
@@ -53,7 +53,10 @@ const READY: u8 = b'R';
 /// calls the handler factory given to [`Server::serve_factory`](crate::Server::serve_factory)
 /// after the fork, so that each builds its own state; with [`Server::serve`](crate::Server::serve)
 /// every worker starts with a copy of the master's handler. A worker reports to the master once
-/// its handler is made; a factory that fails (or panics) is a worker that cannot boot.
+/// its handler is made; a factory that fails (or panics) is a worker that cannot boot. The
+/// hooks of [`Server::on_worker_fork`](crate::Server::on_worker_fork) and
+/// [`Server::on_worker_exit`](crate::Server::on_worker_exit) run in each worker after the fork
+/// and before it exits.
 ///
 /// The master, on its signals (gunicorn's meanings):
 ///
@@ -192,14 +195,14 @@ impl Runner for Prefork {
         }
         let (signal_read, signal_write) = unix::pipe()?;
         signal::handle_master_signals(signal_write.as_raw_fd())?;
-        let Serving { listeners, config, flags, shutdown, app } = server;
+        let Serving { listeners, config, flags, shutdown, app, hooks } = server;
         let master = Master {
             arbiter: Arbiter::new(self.workers, config.graceful_timeout),
             signals: File::from(signal_read),
             signal_write: signal_write.as_raw_fd(),
             statuses: BTreeMap::new(),
             pid: process::pid(),
-            worker: Some(WorkerKit { listeners, inner: self.inner, app }),
+            worker: Some(WorkerKit { listeners, inner: self.inner, app, hooks }),
             timeout: self.timeout,
             max_requests: (self.max_requests, self.max_requests_jitter),
             max_rss: self.max_rss,
@@ -220,6 +223,7 @@ struct WorkerKit {
     listeners: Listeners,
     inner: Box<dyn Runner>,
     app: App,
+    hooks: WorkerHooks,
 }
 
 /// The master's loop state.
@@ -400,14 +404,19 @@ impl Master {
 /// the master's to remove).
 fn worker(kit: WorkerKit, config: &Arc<Config>, flags: RunnerFlags, mut status: File, watch: Watch) -> ! {
     let pid = process::pid();
-    let WorkerKit { listeners, inner, app } = kit;
-    let handler = match app {
+    let WorkerKit { listeners, inner, app, hooks } = kit;
+    let forked = match &hooks.after_fork {
+        Some(hook) => catch_unwind(AssertUnwindSafe(|| hook()))
+            .map_err(|panic| format!("the after-fork hook panicked: {}", panic_message(&*panic))),
+        None => Ok(()),
+    };
+    let handler = forked.and_then(|()| match app {
         App::Handler(handler) => Ok(handler),
         App::Factory(make) => match catch_unwind(AssertUnwindSafe(make)) {
             Ok(made) => made.map_err(|e| format!("the handler factory failed: {e}")),
             Err(panic) => Err(format!("the handler factory panicked: {}", panic_message(&*panic))),
         },
-    };
+    });
     let handler = handler.unwrap_or_else(|why| {
         config.log(&format!("worker {pid} cannot boot: {why}"));
         process::exit_now(BOOT_ERROR);
@@ -433,9 +442,21 @@ fn worker(kit: WorkerKit, config: &Arc<Config>, flags: RunnerFlags, mut status: 
         let _ = status.write_all(&[READY]);
         drop(status);
         let listeners = listeners.without_files();
-        let serving = Serving { listeners, config: Arc::clone(config), flags, shutdown, app: App::Handler(handler) };
+        let serving = Serving {
+            listeners,
+            config: Arc::clone(config),
+            flags,
+            shutdown,
+            app: App::Handler(handler),
+            hooks: WorkerHooks::default(),
+        };
         inner.run(serving)
     }));
+    if let Some(hook) = &hooks.before_exit {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook())) {
+            config.log(&format!("worker {pid}: the before-exit hook panicked: {}", panic_message(&*panic)));
+        }
+    }
     let code = match served {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {

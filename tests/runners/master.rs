@@ -451,3 +451,37 @@ fn killing_a_worker_under_load_fails_only_its_requests_in_flight() {
         now.len() == 2 && !now.contains(&victim)
     }));
 }
+
+/// The worker hooks: each worker runs the after-fork hook when it starts and the before-exit
+/// hook when it stops gracefully (replaced by a reload, or stopped with its master), once each.
+#[test]
+fn every_worker_runs_its_fork_and_exit_hooks() {
+    let log = PathBuf::from(format!("/tmp/sgi-prefork-hooks-{}", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let log_env = log.to_string_lossy().into_owned();
+    let mut server = ServerProcess::start_with(
+        "prefork",
+        &["--workers", "2", "--threads", "2"],
+        &[("PREFORK_HOOK_LOG", &log_env)],
+        &[],
+    );
+    assert!(wait_until(Duration::from_secs(5), || workers(server.pid).len() == 2));
+    let first = workers(server.pid);
+    server.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || {
+        let now = workers(server.pid);
+        now.len() == 2 && now.is_disjoint(&first)
+    }));
+    let second = workers(server.pid);
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(10)).expect("the master exits");
+    assert!(status.success(), "{status}\n{}", server.output());
+    let lines = std::fs::read_to_string(&log).unwrap_or_default();
+    std::fs::remove_file(&log).unwrap();
+    let mut lines: Vec<&str> = lines.lines().collect();
+    lines.sort_unstable();
+    let mut expected: Vec<String> =
+        first.iter().chain(&second).flat_map(|pid| [format!("exit {pid}"), format!("fork {pid}")]).collect();
+    expected.sort_unstable();
+    assert_eq!(lines, expected, "{}", server.output());
+}
