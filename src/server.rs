@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::error::{BindError, Error, Result};
 use crate::handler::{BoxError, Handler};
 use crate::net::{Listener, Listeners};
-use crate::runner::private::{App, Serving, WorkerHooks};
+use crate::runner::private::{App, ReadyHook, Serving, WorkerHooks};
 use crate::runner::{Runner, ThreadPool};
 use crate::shutdown::ShutdownHandle;
 
@@ -39,6 +39,7 @@ pub struct Server {
     shutdown: ShutdownHandle,
     handle_signals: bool,
     hooks: WorkerHooks,
+    ready: Option<ReadyHook>,
 }
 
 impl std::fmt::Debug for Server {
@@ -167,6 +168,7 @@ impl Server {
             shutdown: ShutdownHandle::new()?,
             handle_signals: true,
             hooks: WorkerHooks::default(),
+            ready: None,
         })
     }
 
@@ -231,11 +233,32 @@ impl Server {
     ///     .runner(sgi::runner::Prefork::new(2))
     ///     .on_worker_fork(|| eprintln!("worker {} started", std::process::id()))
     ///     .on_worker_exit(|| eprintln!("worker {} flushing and leaving", std::process::id()))
-    ///     .serve(sgi::handler_fn(|_env, sr| Ok(sr.start("204 No Content", [])?.body(""))))
+    ///     .serve(sgi::handler_fn(|_env, sr| Ok(sr.start("200 OK", [("Content-Type", "text/plain")])?.body("hi"))))
     /// # }
     /// ```
     pub fn on_worker_exit(mut self, hook: impl Fn() + Send + Sync + 'static) -> Server {
         self.hooks.before_exit = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs `hook` once the server serves: its listeners are bound (they were from the start)
+    /// and its handler is made; for [`Prefork`](crate::runner::Prefork), once every first
+    /// worker has booted. The place to tell a supervisor that the service is up (the options
+    /// layer sends systemd's `READY=1` from here, and a daemon's parent exits then). Runs on the
+    /// thread that called `serve`, before the first request is accepted.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), sgi::Error> {
+    /// let server = sgi::Server::bind("127.0.0.1:0")?;
+    /// let stop = server.shutdown_handle();
+    /// server
+    ///     .handle_signals(false)
+    ///     .on_ready(move || stop.shutdown()) // up, so stop at once
+    ///     .serve(sgi::handler_fn(|_env, sr| Ok(sr.start("200 OK", [("Content-Type", "text/plain")])?.body("hi"))))
+    /// # }
+    /// ```
+    pub fn on_ready(mut self, hook: impl FnOnce() + Send + 'static) -> Server {
+        self.ready = Some(Box::new(hook));
         self
     }
 
@@ -287,6 +310,7 @@ impl Server {
             shutdown: self.shutdown,
             app,
             hooks: self.hooks,
+            ready: self.ready,
         };
         self.runner.run(serving)
     }

@@ -70,6 +70,8 @@ pub(crate) enum Action {
         sig: Sig,
     },
     Log(String),
+    /// The first workers all serve: the service is up (once per master).
+    Serving,
     /// Every worker is gone: return from `serve`, with an error message if the service failed.
     Done(Result<(), String>),
 }
@@ -114,6 +116,8 @@ pub(crate) struct Arbiter {
     /// Why the service failed, once it did.
     failed: Option<String>,
     done: bool,
+    /// Whether [`Action::Serving`] was given.
+    announced: bool,
 }
 
 impl Arbiter {
@@ -131,6 +135,7 @@ impl Arbiter {
             stopping: None,
             failed: None,
             done: false,
+            announced: false,
         }
     }
 
@@ -297,6 +302,10 @@ impl Arbiter {
         w.state = State::Serving;
         self.failures = 0;
         self.resume_at = None;
+        if !self.announced && self.workers.values().filter(|w| w.state == State::Serving).count() >= self.target {
+            self.announced = true;
+            actions.push(Action::Serving);
+        }
         // A replacement serves: one worker due for recycling can go.
         let due = self.workers.iter().find(|(_, w)| w.state == State::Recycling).map(|(&pid, _)| pid);
         if let Some(due) = due {
@@ -420,6 +429,7 @@ mod tests {
         log: Vec<String>,
         signals: Vec<(i32, Sig)>,
         done: Option<Result<(), String>>,
+        serving: usize,
     }
 
     impl Master {
@@ -428,6 +438,7 @@ mod tests {
                 arbiter: Arbiter::new(workers, Duration::from_secs(5)),
                 now: Instant::now(),
                 next_pid: 100,
+                serving: 0,
                 log: Vec::new(),
                 signals: Vec::new(),
                 done: None,
@@ -449,6 +460,7 @@ mod tests {
                         }
                         Action::Signal { pid, sig } => self.signals.push((pid, sig)),
                         Action::Log(l) => self.log.push(l),
+                        Action::Serving => self.serving += 1,
                         Action::Done(r) => self.done = Some(r),
                     }
                 }
@@ -469,6 +481,20 @@ mod tests {
         fn terms(&self) -> Vec<i32> {
             self.signals.iter().filter(|s| s.1 == Sig::Term).map(|s| s.0).collect()
         }
+    }
+
+    #[test]
+    fn the_service_is_up_once_every_first_worker_serves() {
+        let mut m = Master::start(2);
+        m.event(Event::Ready { pid: 101 });
+        assert_eq!(m.serving, 0, "one of two workers is not the service up");
+        m.event(Event::Ready { pid: 102 });
+        assert_eq!(m.serving, 1);
+        m.event(Event::Exited { pid: 101, code: 137 });
+        m.ready_all();
+        m.event(Event::Reload);
+        m.ready_all();
+        assert_eq!(m.serving, 1, "announced once, not again for replacements or reloads");
     }
 
     #[test]

@@ -232,6 +232,9 @@ pub(crate) mod private {
     /// [`Server::on_worker_exit`](crate::Server::on_worker_exit).
     pub(crate) type Hook = Arc<dyn Fn() + Send + Sync>;
 
+    /// Called once the server serves ([`Server::on_ready`](crate::Server::on_ready)).
+    pub(crate) type ReadyHook = Box<dyn FnOnce() + Send>;
+
     /// What a prefork worker runs of the app's besides its handler.
     #[derive(Clone, Default)]
     pub(crate) struct WorkerHooks {
@@ -255,6 +258,9 @@ pub(crate) mod private {
         pub(crate) shutdown: ShutdownHandle,
         pub(crate) app: App,
         pub(crate) hooks: WorkerHooks,
+        /// Taken and called once the runner serves: by [`Serving::start`], or by the prefork
+        /// master once its first workers serve.
+        pub(crate) ready: Option<ReadyHook>,
     }
 
     impl Serving {
@@ -267,6 +273,9 @@ pub(crate) mod private {
                 App::Handler(h) => h,
                 App::Factory(make) => make().map_err(Error::Factory)?,
             };
+            if let Some(ready) = self.ready {
+                ready();
+            }
             let ctx = ServeContext { config: self.config, handler, flags: self.flags, shutdown: self.shutdown };
             Ok((self.listeners, Arc::new(ctx)))
         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::arbiter::{Action, Arbiter, Event, Sig, BOOT_ERROR};
-use super::private::{App, Sealed, Serving, WorkerHooks};
+use super::private::{App, ReadyHook, Sealed, Serving, WorkerHooks};
 use super::{Runner, ThreadPool};
 use crate::config::Config;
 use crate::conn::panic_message;
@@ -195,7 +195,7 @@ impl Runner for Prefork {
         }
         let (signal_read, signal_write) = unix::pipe()?;
         signal::handle_master_signals(signal_write.as_raw_fd())?;
-        let Serving { listeners, config, flags, shutdown, app, hooks } = server;
+        let Serving { listeners, config, flags, shutdown, app, hooks, ready } = server;
         let master = Master {
             arbiter: Arbiter::new(self.workers, config.graceful_timeout),
             signals: File::from(signal_read),
@@ -207,6 +207,7 @@ impl Runner for Prefork {
             max_requests: (self.max_requests, self.max_requests_jitter),
             max_rss: self.max_rss,
             liveness: BTreeMap::new(),
+            ready,
             config,
             flags,
             shutdown,
@@ -245,6 +246,8 @@ struct Master {
     /// What each live worker publishes: its heartbeat, its oldest request, whether it is due
     /// for recycling.
     liveness: BTreeMap<i32, Arc<SharedWords>>,
+    /// Called when the first workers all serve.
+    ready: Option<ReadyHook>,
     config: Arc<Config>,
     flags: RunnerFlags,
     shutdown: ShutdownHandle,
@@ -279,6 +282,11 @@ impl Master {
                             process::kill(pid, if sig == Sig::Term { libc::SIGTERM } else { libc::SIGKILL })
                         }
                         Action::Log(line) => self.config.log(&line),
+                        Action::Serving => {
+                            if let Some(ready) = self.ready.take() {
+                                ready();
+                            }
+                        }
                         Action::Done(result) => return result.map_err(|why| Error::Workers(why.into())),
                     }
                 }
@@ -449,6 +457,7 @@ fn worker(kit: WorkerKit, config: &Arc<Config>, flags: RunnerFlags, mut status: 
             shutdown,
             app: App::Handler(handler),
             hooks: WorkerHooks::default(),
+            ready: None,
         };
         inner.run(serving)
     }));
