@@ -1,4 +1,4 @@
-//! cargo run --release --example bench_app [-- --bind ADDR --runner NAME --workers N]
+//! cargo run --release --example bench_app [-- --bind ADDR --runner NAME --workers N ...: --help lists every option]
 //!
 //! The application benches/runners.rs measures every runner with, routed by `PATH_INFO`:
 //! - `/hello`: `Hello, World!`, no work at all;
@@ -33,7 +33,7 @@ fn cpu_work(seed: u64, rounds: u64) -> u64 {
     x
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let app = sgi::handler_fn(|env, start_response| {
         let text_plain = [("Content-Type", "text/plain")];
         match env.path_info() {
@@ -53,5 +53,5 @@ fn main() {
             _ => Ok(start_response.start("404 Not Found", text_plain)?.body("not found")),
         }
     });
-    common::serve("bench_app", app);
+    common::serve(app)
 }

@@ -1,4 +1,4 @@
-//! cargo run --release --example echo [-- --bind ADDR --runner NAME --workers N]
+//! cargo run --release --example echo [-- --bind ADDR --runner NAME --workers N ...: --help lists every option]
 //!
 //! Streams the request body back, chunked, as it is read: try
 //! `curl -T- http://127.0.0.1:8000/ < some-file`.
@@ -7,7 +7,7 @@ mod common;
 
 use std::io::Read;
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let app = sgi::handler_fn(|env, start_response| {
         // The body must be read before the handler returns (the connection is the handler's only
         // while it runs), so read it whole, then stream it back in pieces.
@@ -17,5 +17,5 @@ fn main() {
         let chunks: Vec<Vec<u8>> = body.chunks(16 * 1024).map(<[u8]>::to_vec).collect();
         Ok(start_response.start("200 OK", [("Content-Type", content_type)])?.body(sgi::Body::from_chunks(chunks)))
     });
-    common::serve("echo", app);
+    common::serve(app)
 }

@@ -1,4 +1,4 @@
-//! cargo run --release --example middleware [-- --bind ADDR --runner NAME --workers N]
+//! cargo run --release --example middleware [-- --bind ADDR --runner NAME --workers N ...: --help lists every option]
 //!
 //! Middleware is a handler that wraps a handler: this one times each request, adds an
 //! `X-Response-Time` header and logs one access line to `wsgi.errors`.
@@ -25,10 +25,10 @@ impl<H: Handler> Handler for Timed<H> {
     }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let app = sgi::handler_fn(|env, start_response| {
         let name = String::from_utf8_lossy(env.query_string()).into_owned();
         Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body(format!("hello {name}\n")))
     });
-    common::serve("middleware", Timed(app));
+    common::serve(Timed(app))
 }

@@ -60,10 +60,13 @@ impl sgi::Handler for Worker {
     }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let fail_if = std::env::var_os("PREFORK_FAIL_IF_EXISTS");
-    let (mut server, config) = common::prepare("prefork", sgi::Config::default());
-    if let Some(path) = std::env::var_os("PREFORK_HOOK_LOG") {
+    let hook_log = std::env::var_os("PREFORK_HOOK_LOG");
+    // This example exists to show the prefork runner: it is the default here (`--runner`
+    // still chooses another).
+    let options = common::options().default_args(["--runner", "prefork"]).server(move |server| {
+        let Some(path) = hook_log else { return server };
         let log = move |event: &str| {
             use std::io::Write;
             let line = format!("{event} {}\n", std::process::id());
@@ -75,10 +78,10 @@ fn main() {
         };
         let log = std::sync::Arc::new(log);
         let at_exit = std::sync::Arc::clone(&log);
-        server = server.on_worker_fork(move || log("fork")).on_worker_exit(move || at_exit("exit"));
-    }
+        server.on_worker_fork(move || log("fork")).on_worker_exit(move || at_exit("exit"))
+    });
     // Under the prefork runner each worker calls this after the fork.
-    let served = server.config(config).serve_factory(move || {
+    options.serve_factory(move || {
         if let Some(path) = &fail_if {
             if std::path::Path::new(path).exists() {
                 return Err(format!("{} exists: refusing to boot", path.to_string_lossy()).into());
@@ -90,8 +93,5 @@ fn main() {
             requests: AtomicU64::new(0),
             leaked: std::sync::Mutex::new(Vec::new()),
         })
-    });
-    if let Err(e) = served {
-        common::fail(&e);
-    }
+    })
 }

@@ -137,7 +137,7 @@ impl Handler for Testbed {
     }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     // Everything before `serve` stays on this one thread: the fork runner requires it.
-    common::serve_with("testbed", config_from_env(), Testbed);
+    common::options().config(config_from_env()).serve(Testbed)
 }

@@ -96,6 +96,7 @@ mod handler;
 mod http;
 mod limits;
 mod net;
+mod options;
 #[doc(hidden)]
 pub mod private;
 pub mod runner;
@@ -116,5 +117,6 @@ pub use environ::{Environ, ErrorStream, Extensions, Input, RunnerFlags};
 pub use error::{BindError, Error, ParseError, Result};
 pub use handler::{handler_fn, BoxError, Handler, Response, StartError, StartResponse, Started};
 pub use limits::raise_fd_limit;
+pub use options::{Options, OptionsError, CMD_ARGS_VAR, USAGE_ERROR};
 pub use server::{Server, DEFAULT_BACKLOG, MAX_LISTENERS};
 pub use shutdown::ShutdownHandle;

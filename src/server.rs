@@ -160,6 +160,22 @@ impl Server {
         Ok(self)
     }
 
+    /// A server on listeners made elsewhere in the crate (the options layer's binds and
+    /// inherited sockets).
+    pub(crate) fn from_listeners(listeners: Vec<Listener>) -> Result<Server> {
+        let mut listeners = listeners.into_iter();
+        let first = listeners.next().ok_or_else(|| std::io::Error::other("no listener"))?;
+        let mut server = Server::with_listener(first)?;
+        server.listeners.extend(listeners);
+        Ok(server)
+    }
+
+    /// Takes the listeners out, leaving none: for the options layer, which binds through
+    /// [`Server::bind_with_backlog`] and serves them together with others.
+    pub(crate) fn take_listeners(&mut self) -> Vec<Listener> {
+        std::mem::take(&mut self.listeners)
+    }
+
     fn with_listener(listener: Listener) -> Result<Server> {
         Ok(Server {
             listeners: vec![listener],
@@ -300,7 +316,7 @@ impl Server {
         self.serve_app(App::Factory(Box::new(move || factory().map(|h| Box::new(h) as Box<dyn Handler>))))
     }
 
-    fn serve_app(self, app: App) -> Result<()> {
+    pub(crate) fn serve_app(self, app: App) -> Result<()> {
         let listeners = Listeners::new(self.listeners)?;
         let _signals = if self.handle_signals { Some(self.shutdown.handle_signals()?) } else { None };
         let serving = Serving {

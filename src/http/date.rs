@@ -112,6 +112,14 @@ fn format_imf_fixdate(unix_seconds: u64) -> [u8; LEN] {
     t
 }
 
+/// Now as a log line's timestamp, in UTC: `2026-12-01 14:00:00 +0000` (gunicorn's layout).
+pub(crate) fn log_timestamp() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (year, month, day) = civil_from_days((now / 86_400) as i64);
+    let secs = now % 86_400;
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} +0000", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
 fn put2(dst: &mut [u8], n: u64) {
     dst[0] = b'0' + (n / 10) as u8;
     dst[1] = b'0' + (n % 10) as u8;

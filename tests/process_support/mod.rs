@@ -90,6 +90,18 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
+/// Polls `done` every 20 ms for up to `timeout`.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
 /// Sends `signal` (a name such as `TERM` or `INT`) to `pid` with `kill(1)`.
 pub fn send_signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
@@ -299,6 +311,8 @@ pub struct Stat {
     pub ppid: u32,
     pub pgrp: u32,
     pub session: u32,
+    /// The controlling terminal's device number; 0 for none.
+    pub tty_nr: u32,
 }
 
 /// `/proc/PID/stat`, or `None` if the process is gone.
@@ -309,7 +323,7 @@ pub fn stat(pid: u32) -> Option<Stat> {
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
     let mut num = || fields.next()?.parse::<u32>().ok();
-    Some(Stat { pid, state, ppid: num()?, pgrp: num()?, session: num()? })
+    Some(Stat { pid, state, ppid: num()?, pgrp: num()?, session: num()?, tty_nr: num()? })
 }
 
 /// Every process whose parent is `pid`.

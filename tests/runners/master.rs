@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::process_support::{children_of, fd_count, ServerProcess};
+use crate::process_support::{children_of, fd_count, wait_until, ServerProcess};
 
 /// The master's live workers (zombies are counted apart).
 fn workers(master: u32) -> BTreeSet<u32> {
@@ -19,18 +19,6 @@ fn workers(master: u32) -> BTreeSet<u32> {
 
 fn zombies(master: u32) -> Vec<u32> {
     children_of(master).into_iter().filter(|s| s.state == 'Z').map(|s| s.pid).collect()
-}
-
-/// Polls `done` every 20 ms for up to `timeout`.
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + timeout;
-    while Instant::now() < until {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    done()
 }
 
 /// One `GET path` with `Connection: close`: the body of a 200, or why not.

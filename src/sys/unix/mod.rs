@@ -63,6 +63,8 @@ pub(crate) fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Res
     }
 }
 
+pub(crate) mod activation;
+pub(crate) mod daemon;
 pub(crate) mod process;
 pub(crate) mod signal;
 
