@@ -99,6 +99,7 @@ mod net;
 mod options;
 #[doc(hidden)]
 pub mod private;
+mod reload;
 pub mod runner;
 mod server;
 mod shutdown;

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::error::{BindError, Error};
 use crate::handler::{BoxError, Handler};
 use crate::net::Listener;
+use crate::reload;
 use crate::runner::private::App;
 use crate::runner::{self, Runner};
 use crate::server::{Server, DEFAULT_BACKLOG};
@@ -207,6 +208,9 @@ impl Options {
             Ok(both) => both,
             Err(e) => return usage_error(&e),
         };
+        if settings.reload && settings.daemon {
+            return usage_error(&OptionsError::new("--reload", "is for development, not with --daemon"));
+        }
         if settings.check_config {
             return match settings.check_binds() {
                 Ok(()) => {
@@ -216,6 +220,19 @@ impl Options {
                 Err(e) => usage_error(&e),
             };
         }
+        let supervised = self.env.contains_key(reload::SUPERVISOR_VAR);
+        if settings.reload && !supervised {
+            let grace = config.graceful_timeout;
+            return match supervise(&self.program, &settings, grace) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", with_causes(&*e));
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        // A child of `--reload` is in the directory already: a relative --chdir must not apply twice.
+        let settings = Settings { chdir: settings.chdir.clone().filter(|_| !supervised), ..settings };
         match start(&self.program, &settings, runner, config, app, self.customize) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -278,6 +295,8 @@ const SPECS: &[Spec] = &[
     short(opt("pidfile", "PATH", "none", "write the server's pid to PATH, held with a lock so that a second instance is refused; removed on exit"), 'p'),
     opt("chdir", "DIR", "the current directory", "change to DIR before binding and loading the app"),
     opt("umask", "MASK", "the inherited one", "file mode creation mask (octal, as 022), set before binding (Unix socket files) and for the files the app writes"),
+    flag("reload", "development: a supervisor holds the sockets and restarts the server when its executable (or a --reload-extra-file) changes; clients wait in the backlog meanwhile"),
+    repeatable(opt("reload-extra-file", "PATH", "none", "with --reload: another file whose change restarts the server (repeatable)")),
     opt("error-logfile", "PATH", "-", "where the server's error log goes (-: stderr); appended to"),
     flag("check-config", "check the options and exit: 0 if they can be used, 2 if not"),
     short(flag("version", "print the version and exit"), 'v'),
@@ -422,6 +441,8 @@ struct Settings {
     umask: Option<u32>,
     error_logfile: Option<PathBuf>,
     backlog: i32,
+    reload: bool,
+    reload_extra_files: Vec<PathBuf>,
 }
 
 impl Settings {
@@ -480,6 +501,8 @@ impl Settings {
             chdir: raw.path("chdir")?,
             umask,
             error_logfile,
+            reload: raw.flag("reload")?,
+            reload_extra_files: raw.all("reload-extra-file").into_iter().map(PathBuf::from).collect(),
             backlog: raw.number("backlog", 1, i32::MAX as u64)?.map_or(DEFAULT_BACKLOG, |n| n as i32),
             raw,
         })
@@ -729,6 +752,22 @@ fn log_file(path: &Path) -> Result<impl Fn(&str) + Send + Sync + 'static, String
         // One write per line: with O_APPEND, processes sharing the file never interleave within it.
         let _ = file.write_all(line.as_bytes());
     })
+}
+
+/// `--reload`: binds (or takes the inherited sockets), then supervises a child that serves
+/// them and restarts it on a change.
+fn supervise(program: &str, settings: &Settings, grace: Duration) -> Result<(), BoxError> {
+    if let Some(dir) = &settings.chdir {
+        std::env::set_current_dir(dir).map_err(|e| format!("cannot change to {}: {e}", dir.display()))?;
+    }
+    if let Some(mask) = settings.umask {
+        daemon::set_umask(mask);
+    }
+    let listeners = listeners(settings)?;
+    let addresses: Vec<String> = listeners.iter().map(url).collect();
+    eprintln!("{}: reloading on changes, for {}", program_name(program), addresses.join(", "));
+    let extra = settings.reload_extra_files.iter().map(|p| absolute(p)).collect::<std::io::Result<Vec<_>>>()?;
+    Ok(reload::supervise(listeners, extra, grace)?)
 }
 
 /// Everything after the options are known good: chdir, umask, sockets, pidfile, detaching,

@@ -396,3 +396,69 @@ fn systemd_is_told_when_the_server_is_ready_and_stopping() {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+/// `--reload`: replacing the executable (as `cargo build` does: a new file renamed over the
+/// old) restarts the server as a new child that answers with the new code, while a client
+/// connecting every 10 ms sees no refused connection and no failed request; killing the
+/// supervisor ends the child.
+#[test]
+fn reload_restarts_on_a_new_executable_and_refuses_no_connection() {
+    let _alone = exclusive();
+    let dir = temp_path("reload");
+    std::fs::create_dir(&dir).unwrap();
+    let app = dir.join("app");
+    std::fs::copy(example("hello"), &app).unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut supervisor = Command::new(&app)
+        .args(["--reload", "--bind", &addr.to_string(), "--graceful-timeout", "5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = Started(supervisor.id());
+    assert!(wait_until(Duration::from_secs(10), || get(addr).is_ok_and(|b| b.contains("Hello"))));
+    let children = || -> Vec<u32> {
+        crate::process_support::children_of(guard.0).into_iter().filter(|s| s.state != 'Z').map(|s| s.pid).collect()
+    };
+    let first = children();
+    assert_eq!(first.len(), 1, "one child serves: {first:?}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = std::sync::Arc::clone(&stop);
+        thread::spawn(move || {
+            let (mut answered, mut failures) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match get(addr) {
+                    Ok(_) => answered += 1,
+                    Err(e) => failures.push(e),
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            (answered, failures)
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    let staged = dir.join("app.new");
+    std::fs::copy(example("dump"), &staged).unwrap();
+    std::fs::rename(&staged, &app).unwrap();
+    let switched = wait_until(Duration::from_secs(15), || get(addr).is_ok_and(|b| b.contains("environ")));
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failures) = client.join().unwrap();
+    assert!(switched, "the new executable never answered");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        answered + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let second = children();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(first, second, "a new child serves");
+    send_signal(guard.0, "KILL");
+    supervisor.wait().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || is_gone(second[0])), "the child outlived its supervisor");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

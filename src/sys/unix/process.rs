@@ -192,3 +192,83 @@ impl Drop for SharedWords {
         unsafe { libc::munmap(self.words.as_ptr().cast(), SHARED_WORDS * std::mem::size_of::<u64>()) };
     }
 }
+
+/// Starts `program` (`argv[0]` included in `argv`) as a child with the environment `env` plus
+/// systemd's socket-passing variables: `listeners` on descriptors 3, 4, ... (not close-on-exec
+/// there), `LISTEN_FDS`, and `LISTEN_PID` set to the child's own pid between the fork and the
+/// `execve`, as the protocol asks. The child gets `SIGTERM` when this process dies
+/// (`PR_SET_PDEATHSIG`, which survives the exec), and exits with 127 if the exec fails. The
+/// caller must be single-threaded ([`thread_count`]); between fork and exec the child only makes
+/// async-signal-safe calls, on memory prepared before the fork.
+pub(crate) fn spawn_with_listeners(
+    program: &std::ffi::CStr,
+    argv: &[std::ffi::CString],
+    env: &[std::ffi::CString],
+    listeners: &[std::os::fd::RawFd],
+) -> io::Result<libc::pid_t> {
+    use std::ffi::CString;
+    let count = listeners.len() as libc::c_int;
+    let listen_fds = CString::new(format!("LISTEN_FDS={count}")).map_err(io::Error::other)?;
+    // The pid's digits are written into this buffer in the child, in place of the zeros.
+    let mut listen_pid = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(listen_fds.as_ptr());
+    let pid_slot = envp.len();
+    envp.push(std::ptr::null());
+    envp.push(std::ptr::null());
+    let argvp: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+    if listeners.len() > 64 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "more than 64 listeners to pass"));
+    }
+    let parent = pid();
+    // The supervisor's handlers write to its pipe: not from the child, before it execs.
+    match fork(super::signal::reset_in_child)? {
+        Forked::Parent { child } => Ok(child),
+        Forked::Child => {
+            // SAFETY: only async-signal-safe calls (prctl, getppid, fcntl, dup2, getpid,
+            // sigemptyset, pthread_sigmask, execve, _exit), on memory allocated before the fork
+            // that no other thread can touch (there is none); every pointer handed to execve is
+            // to a NUL-terminated string in a NULL-terminated array that lives until the call.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+                if libc::getppid() != parent {
+                    libc::_exit(0);
+                }
+                // Out of the way of 3..3+count first, so that moving one never overwrites another.
+                let mut moved = [0 as libc::c_int; 64];
+                for (slot, &fd) in moved.iter_mut().zip(listeners) {
+                    *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3 + count);
+                }
+                for (i, &fd) in moved.iter().take(listeners.len()).enumerate() {
+                    // dup2's copy is not close-on-exec: it is the one the program inherits.
+                    if fd < 0 || libc::dup2(fd, 3 + i as libc::c_int) < 0 {
+                        libc::_exit(127);
+                    }
+                }
+                let digits_at = b"LISTEN_PID=".len();
+                let mut n = libc::getpid() as u32;
+                let mut digits = [0u8; 10];
+                let mut len = 0;
+                loop {
+                    digits[len] = b'0' + (n % 10) as u8;
+                    len += 1;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                for i in 0..len {
+                    listen_pid[digits_at + i] = digits[len - 1 - i];
+                }
+                let mut envp = envp;
+                envp[pid_slot] = listen_pid.as_ptr().cast();
+                // The parent blocked every signal around the fork; the program starts unblocked.
+                let mut none: libc::sigset_t = empty_sigset();
+                libc::sigemptyset(&mut none);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                libc::execve(program.as_ptr(), argvp.as_ptr(), envp.as_ptr());
+                libc::_exit(127)
+            }
+        }
+    }
+}
