@@ -21,7 +21,7 @@ use crate::reload;
 use crate::runner::private::App;
 use crate::runner::{self, Runner};
 use crate::server::{Server, DEFAULT_BACKLOG};
-use crate::sys::unix::{activation, daemon, process};
+use crate::sys::unix::{activation, daemon, process, signal};
 
 /// Exit status for a command line or environment that cannot be used (as gunicorn and most Unix
 /// tools): the option is named in the message.
@@ -741,16 +741,25 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 }
 
 /// An error log appended to `path`, one line per message: `[2026-12-01 14:00:00 +0000] [pid]
-/// message`, gunicorn's layout.
+/// message`, gunicorn's layout. Reopened at its path on the first message after a `SIGUSR1`
+/// (`logrotate` moved it away); if it cannot be, messages go on to the file already open.
 fn log_file(path: &Path) -> Result<impl Fn(&str) + Send + Sync + 'static, String> {
     let open = |path: &Path| std::fs::OpenOptions::new().create(true).append(true).open(path);
     let file = open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let file = Mutex::new(file);
+    let path = path.to_owned();
+    let state = Mutex::new((file, signal::log_generation()));
     Ok(move |message: &str| {
         let line = format!("[{}] [{}] {message}\n", crate::http::date::log_timestamp(), std::process::id());
-        let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = signal::log_generation();
+        if state.1 != generation {
+            state.1 = generation;
+            if let Ok(reopened) = open(&path) {
+                state.0 = reopened;
+            }
+        }
         // One write per line: with O_APPEND, processes sharing the file never interleave within it.
-        let _ = file.write_all(line.as_bytes());
+        let _ = state.0.write_all(line.as_bytes());
     })
 }
 
@@ -813,6 +822,8 @@ fn start(
         if let Some(pidfile) = &pidfile {
             pidfile.write_pid(std::process::id())?;
         }
+        // USR1 reopens the log files (the prefork master forwards it to its workers).
+        signal::handle_reopen_signal()?;
         let mut server = Server::from_listeners(listeners)?.config(config).runner(runner);
         if let Some(customize) = customize {
             server = customize(server);

@@ -65,6 +65,7 @@ const READY: u8 = b'R';
 /// | `TERM` | graceful stop: workers finish their requests within [`Config::graceful_timeout`](crate::Config::graceful_timeout), then are killed; `serve` returns once all are gone |
 /// | `INT`, `QUIT` | quick stop: workers are killed at once |
 /// | `HUP` | graceful reload: N new workers first (a new call of the factory in each); once every one of them serves, the old ones get `TERM`; if the new ones cannot boot, the old ones keep serving and the failure is logged |
+/// | `USR1` | reopen the log files: the master's, and forwarded to every worker |
 /// | `TTIN` / `TTOU` | one worker more / fewer (never fewer than one) |
 /// | `CHLD` | reaping: a worker that died is replaced |
 ///
@@ -310,6 +311,7 @@ impl Master {
 
     fn read_signals(&mut self, events: &mut Vec<Event>) {
         let mut buf = [0u8; 64];
+        let mut reopen = false;
         loop {
             match self.signals.read(&mut buf) {
                 Ok(0) => break,
@@ -319,10 +321,21 @@ impl Master {
                     libc::SIGHUP => Some(Event::Reload),
                     libc::SIGTTIN => Some(Event::MoreWorkers),
                     libc::SIGTTOU => Some(Event::FewerWorkers),
+                    libc::SIGUSR1 => {
+                        reopen = true;
+                        None
+                    }
                     _ => None, // SIGCHLD: the reaping below
                 })),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break, // WouldBlock: all read
+            }
+        }
+        if reopen {
+            // The master's own log files, then every worker's.
+            signal::reopen_logs();
+            for &pid in self.liveness.keys() {
+                process::kill(pid, libc::SIGUSR1);
             }
         }
         // `ShutdownHandle::shutdown` is a graceful stop too.

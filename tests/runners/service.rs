@@ -462,3 +462,64 @@ fn reload_restarts_on_a_new_executable_and_refuses_no_connection() {
     assert!(wait_until(Duration::from_secs(5), || is_gone(second[0])), "the child outlived its supervisor");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `USR1` reopens the error log at its path (after `logrotate` moved it): the next line goes to
+/// the new file. Under prefork the master forwards the signal to its workers, which log the
+/// rejected requests themselves, and none of them dies of it.
+#[test]
+fn usr1_reopens_the_error_log_in_the_server_and_in_every_worker() {
+    for runner in ["pool", "prefork"] {
+        let _alone = exclusive();
+        let log = temp_path("error.log");
+        let rotated = temp_path("error.log.1");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut child = Command::new(example("hello"))
+            .args(["--runner", runner, "--workers", "2", "--bind", &addr.to_string(), "--error-logfile"])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Started(child.id());
+        assert!(wait_until(Duration::from_secs(10), || get(addr).is_ok()), "{runner}: serves");
+        // A request line that is not HTTP: refused with 400, and logged.
+        let refuse = || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"NOT HTTP\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+        };
+        let lines = |path: &Path| std::fs::read_to_string(path).unwrap_or_default().lines().count();
+        refuse();
+        assert!(wait_until(Duration::from_secs(5), || lines(&log) >= 1), "{runner}: the refusal is logged");
+        std::fs::rename(&log, &rotated).unwrap();
+        let before = lines(&rotated);
+        let live = || -> Vec<u32> {
+            let mut pids: Vec<u32> = crate::process_support::children_of(server.0)
+                .into_iter()
+                .filter(|s| s.state != 'Z')
+                .map(|s| s.pid)
+                .collect();
+            pids.sort_unstable();
+            pids
+        };
+        let workers = live();
+        send_signal(server.0, "USR1");
+        // Each worker reopens on its next line: refuse often enough to reach both.
+        let reopened = wait_until(Duration::from_secs(10), || {
+            refuse();
+            lines(&log) >= 1
+        });
+        assert!(reopened, "{runner}: no line in the reopened log; the rotated one has {}", lines(&rotated));
+        assert!(lines(&rotated) >= before);
+        assert_eq!(live(), workers, "{runner}: no worker died of USR1");
+        assert!(child.try_wait().unwrap().is_none(), "{runner}: USR1 stopped the server");
+        stop(child);
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(&rotated);
+        drop(server);
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 /// Set by SIGTERM or SIGINT.
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -14,9 +14,40 @@ static CHILD_FD: AtomicI32 = AtomicI32::new(-1);
 /// Write end of the prefork master's signal pipe, or -1: each signal writes its number.
 static MASTER_FD: AtomicI32 = AtomicI32::new(-1);
 
+/// Moves on every SIGUSR1: log files are reopened when they see it move.
+static LOG_GENERATION: AtomicU64 = AtomicU64::new(0);
+
 /// The signals the prefork master handles.
-pub(crate) const MASTER_SIGNALS: [libc::c_int; 7] =
-    [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU, libc::SIGCHLD];
+pub(crate) const MASTER_SIGNALS: [libc::c_int; 8] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGCHLD,
+    libc::SIGUSR1,
+];
+
+extern "C" fn on_reopen(_: libc::c_int) {
+    LOG_GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Makes SIGUSR1 ask every log file to reopen (after `logrotate` moved it), instead of ending
+/// the process as it does by default.
+pub(crate) fn handle_reopen_signal() -> io::Result<()> {
+    install(libc::SIGUSR1, on_reopen as *const () as libc::sighandler_t)
+}
+
+/// How many times the log files were asked to reopen.
+pub(crate) fn log_generation() -> u64 {
+    LOG_GENERATION.load(Ordering::SeqCst)
+}
+
+/// Asks the log files to reopen, from a loop that saw SIGUSR1 through its pipe.
+pub(crate) fn reopen_logs() {
+    LOG_GENERATION.fetch_add(1, Ordering::SeqCst);
+}
 
 extern "C" fn on_stop(signal: libc::c_int) {
     if STOP_REQUESTED.swap(true, Ordering::SeqCst) && signal == libc::SIGINT {
@@ -104,6 +135,8 @@ pub(crate) fn reset_in_child() {
         for signal in MASTER_SIGNALS {
             let _ = install(signal, libc::SIG_DFL);
         }
+        // The master forwards SIGUSR1 to its workers: a worker reopens its logs, never dies of it.
+        let _ = handle_reopen_signal();
         STOP_REQUESTED.store(false, Ordering::SeqCst);
     }
 }
