@@ -490,7 +490,14 @@ impl Settings {
                 }
             }
         };
-        let error_logfile = raw.path("error-logfile")?.filter(|p| p.as_os_str() != "-");
+        // Absolute now, relative to where the command started: a daemon changes to `/` before
+        // it points stderr there, and a reopen after `USR1` must find the same file.
+        let error_logfile = match raw.path("error-logfile")?.filter(|p| p.as_os_str() != "-") {
+            Some(path) => {
+                Some(absolute(&path).map_err(|e| OptionsError::new(raw.named("error-logfile"), e.to_string()))?)
+            }
+            None => None,
+        };
         Ok(Settings {
             binds,
             help: raw.flag("help")?,

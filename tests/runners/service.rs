@@ -150,7 +150,9 @@ fn a_daemon_detaches_for_good_and_holds_its_pidfile() {
             .args(["--daemon", "--bind", bind, "--pidfile"])
             .arg(&pidfile)
             .arg("--error-logfile")
-            .arg(&log);
+            // Relative to where the command starts, though the daemon changes to `/`.
+            .arg(log.file_name().unwrap())
+            .current_dir(log.parent().unwrap());
         c
     };
     let out = run_bounded(&mut args(&addr.to_string()), Duration::from_secs(20));
