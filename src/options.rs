@@ -613,6 +613,17 @@ impl Settings {
         Ok(config)
     }
 
+    /// `--chdir` and `--umask`, before anything is bound or opened.
+    fn enter_directory_and_umask(&self) -> Result<(), BoxError> {
+        if let Some(dir) = &self.chdir {
+            std::env::set_current_dir(dir).map_err(|e| format!("cannot change to {}: {e}", dir.display()))?;
+        }
+        if let Some(mask) = self.umask {
+            daemon::set_umask(mask);
+        }
+        Ok(())
+    }
+
     /// Each TCP address resolves, each descriptor is a listening socket: what can be checked
     /// without binding.
     fn check_binds(&self) -> Result<(), OptionsError> {
@@ -773,12 +784,7 @@ fn log_file(path: &Path) -> Result<impl Fn(&str) + Send + Sync + 'static, String
 /// `--reload`: binds (or takes the inherited sockets), then supervises a child that serves
 /// them and restarts it on a change.
 fn supervise(program: &str, settings: &Settings, grace: Duration) -> Result<(), BoxError> {
-    if let Some(dir) = &settings.chdir {
-        std::env::set_current_dir(dir).map_err(|e| format!("cannot change to {}: {e}", dir.display()))?;
-    }
-    if let Some(mask) = settings.umask {
-        daemon::set_umask(mask);
-    }
+    settings.enter_directory_and_umask()?;
     let listeners = listeners(settings)?;
     let addresses: Vec<String> = listeners.iter().map(url).collect();
     eprintln!("{}: reloading on changes, for {}", program_name(program), addresses.join(", "));
@@ -796,12 +802,7 @@ fn start(
     app: App,
     customize: Option<Box<dyn FnOnce(Server) -> Server>>,
 ) -> Result<(), BoxError> {
-    if let Some(dir) = &settings.chdir {
-        std::env::set_current_dir(dir).map_err(|e| format!("cannot change to {}: {e}", dir.display()))?;
-    }
-    if let Some(mask) = settings.umask {
-        daemon::set_umask(mask);
-    }
+    settings.enter_directory_and_umask()?;
     if settings.daemon {
         let threads = process::thread_count()?;
         if threads > 1 {

@@ -39,6 +39,11 @@ fn run_bounded(command: &mut Command, limit: Duration) -> Output {
     }
 }
 
+/// Starts `command` with no stdin and its output discarded.
+fn spawn_quiet(command: &mut Command) -> std::process::Child {
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -213,14 +218,8 @@ fn a_pidfile_refuses_a_second_instance_and_replaces_a_stale_one() {
     // What a crashed run leaves: a pid that may be anyone's now. The lock decides, not it.
     std::fs::write(&pidfile, "1\n").unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut child = Command::new(example("hello"))
-        .args(["--bind", &addr.to_string(), "--pidfile"])
-        .arg(&pidfile)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        spawn_quiet(Command::new(example("hello")).args(["--bind", &addr.to_string(), "--pidfile"]).arg(&pidfile));
     let server = Started(child.id());
     assert!(wait_until(Duration::from_secs(10), || get(addr).is_ok()), "serves");
     assert_eq!(read_pid(&pidfile), Some(child.id()));
@@ -351,15 +350,12 @@ fn systemd_socket_activate_starts_it() {
     }
     let _alone = exclusive();
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let child = Command::new("systemd-socket-activate")
-        .args(["--listen", &addr.to_string()])
-        .arg(example("hello"))
-        .args(["--runner", "event"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_quiet(
+        Command::new("systemd-socket-activate")
+            .args(["--listen", &addr.to_string()])
+            .arg(example("hello"))
+            .args(["--runner", "event"]),
+    );
     let _server = Started(child.id());
     // It starts the server on the first connection, which waits in the backlog meanwhile.
     assert!(wait_until(Duration::from_secs(10), || get(addr).is_ok()), "served through the activated socket");
@@ -377,14 +373,11 @@ fn systemd_is_told_when_the_server_is_ready_and_stopping() {
         let notify = UnixDatagram::bind(&path).unwrap();
         notify.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = Command::new(example("hello"))
-            .args(["--runner", runner, "--workers", "2", "--bind", &addr.to_string()])
-            .env("NOTIFY_SOCKET", &path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = spawn_quiet(
+            Command::new(example("hello"))
+                .args(["--runner", runner, "--workers", "2", "--bind", &addr.to_string()])
+                .env("NOTIFY_SOCKET", &path),
+        );
         let pid = child.id();
         let _server = Started(pid);
         let mut buf = [0u8; 256];
@@ -411,13 +404,8 @@ fn reload_restarts_on_a_new_executable_and_refuses_no_connection() {
     let app = dir.join("app");
     std::fs::copy(example("hello"), &app).unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut supervisor = Command::new(&app)
-        .args(["--reload", "--bind", &addr.to_string(), "--graceful-timeout", "5"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut supervisor =
+        spawn_quiet(Command::new(&app).args(["--reload", "--bind", &addr.to_string(), "--graceful-timeout", "5"]));
     let guard = Started(supervisor.id());
     assert!(wait_until(Duration::from_secs(10), || get(addr).is_ok_and(|b| b.contains("Hello"))));
     let children = || -> Vec<u32> {
@@ -475,14 +463,11 @@ fn usr1_reopens_the_error_log_in_the_server_and_in_every_worker() {
         let log = temp_path("error.log");
         let rotated = temp_path("error.log.1");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut child = Command::new(example("hello"))
-            .args(["--runner", runner, "--workers", "2", "--bind", &addr.to_string(), "--error-logfile"])
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_quiet(
+            Command::new(example("hello"))
+                .args(["--runner", runner, "--workers", "2", "--bind", &addr.to_string(), "--error-logfile"])
+                .arg(&log),
+        );
         let server = Started(child.id());
         assert!(wait_until(Duration::from_secs(10), || get(addr).is_ok()), "{runner}: serves");
         // A request line that is not HTTP: refused with 400, and logged.
