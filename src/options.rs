@@ -5,9 +5,11 @@
 //! environment and the parser cannot disagree.
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::ToSocketAddrs;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,7 @@ use crate::error::{BindError, Error};
 use crate::handler::{BoxError, Handler};
 use crate::net::Listener;
 use crate::reload;
-use crate::runner::private::App;
+use crate::runner::private::{App, Upgrader};
 use crate::runner::{self, Runner};
 use crate::server::{Server, DEFAULT_BACKLOG};
 use crate::sys::unix::{activation, daemon, process, signal};
@@ -30,6 +32,10 @@ pub const USAGE_ERROR: u8 = 2;
 /// Environment variable holding extra arguments, read before the command line's (gunicorn's
 /// `GUNICORN_CMD_ARGS`). Split like a shell would: spaces separate, quotes group.
 pub const CMD_ARGS_VAR: &str = "SGI_CMD_ARGS";
+
+/// Set in a new master's environment, by the binary upgrade of the one that started it, to that
+/// master's pid.
+const UPGRADED_FROM_VAR: &str = "SGI_UPGRADED_FROM";
 
 /// gunicorn's convention for the number of workers, honoured by hosting platforms.
 const WEB_CONCURRENCY: &str = "WEB_CONCURRENCY";
@@ -231,8 +237,15 @@ impl Options {
                 }
             };
         }
-        // A child of `--reload` is in the directory already: a relative --chdir must not apply twice.
-        let settings = Settings { chdir: settings.chdir.clone().filter(|_| !supervised), ..settings };
+        // A child of `--reload`, or a new master started by a binary upgrade, is in the
+        // directory already (a relative --chdir must not apply twice); the new master is
+        // detached already, too.
+        let upgraded = self.env.contains_key(UPGRADED_FROM_VAR);
+        let settings = Settings {
+            chdir: settings.chdir.clone().filter(|_| !supervised && !upgraded),
+            daemon: settings.daemon && !upgraded,
+            ..settings
+        };
         match start(&self.program, &settings, runner, config, app, self.customize) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -781,6 +794,68 @@ fn log_file(path: &Path) -> Result<impl Fn(&str) + Send + Sync + 'static, String
     })
 }
 
+/// The binary upgrade on `USR2` (nginx's sequence): the pidfile moves to `PIDFILE.oldbin`
+/// (keeping its lock) and the program, as the file at its path is now, starts on the same
+/// listeners, passed by systemd's protocol; it is not this master's to take down, so it does
+/// not die with it.
+struct Reexec {
+    program: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    /// Open for as long as the master serves: the listeners are its.
+    fds: Vec<RawFd>,
+    pidfile: Option<Arc<Mutex<daemon::Pidfile>>>,
+    /// Where the pidfile was before the upgrade moved it.
+    moved_from: Option<PathBuf>,
+}
+
+impl Reexec {
+    fn new(listeners: &[Listener], pidfile: Option<Arc<Mutex<daemon::Pidfile>>>) -> std::io::Result<Reexec> {
+        use std::os::unix::ffi::OsStrExt;
+        let cstring = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| std::io::Error::other("a NUL byte in an argument or variable"))
+        };
+        // Resolved now, before anything replaces the file: that path is where the new code goes.
+        let program = cstring(std::env::current_exe()?.as_os_str().as_bytes())?;
+        let argv = std::env::args_os().map(|a| cstring(a.as_bytes())).collect::<std::io::Result<_>>()?;
+        let mut env = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            let name = key.as_bytes();
+            if name.starts_with(b"LISTEN_") || name == UPGRADED_FROM_VAR.as_bytes() {
+                continue;
+            }
+            env.push(cstring(&[name, b"=", value.as_bytes()].concat())?);
+        }
+        env.push(cstring(format!("{UPGRADED_FROM_VAR}={}", std::process::id()).as_bytes())?);
+        let fds = listeners.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+        Ok(Reexec { program, argv, env, fds, pidfile, moved_from: None })
+    }
+}
+
+impl Upgrader for Reexec {
+    fn start(&mut self) -> std::io::Result<libc::pid_t> {
+        if let Some(pidfile) = &self.pidfile {
+            let mut pidfile = pidfile.lock().unwrap_or_else(|e| e.into_inner());
+            let path = pidfile.path().to_owned();
+            let mut old = path.clone().into_os_string();
+            old.push(".oldbin");
+            pidfile.rename(Path::new(&old))?;
+            self.moved_from = Some(path);
+        }
+        let started = process::spawn_with_listeners(&self.program, &self.argv, &self.env, &self.fds, false);
+        if started.is_err() {
+            self.abandon();
+        }
+        started
+    }
+
+    fn abandon(&mut self) {
+        let (Some(pidfile), Some(path)) = (&self.pidfile, self.moved_from.take()) else { return };
+        // Over whatever the new master, now gone, may have left there.
+        let _ = pidfile.lock().unwrap_or_else(|e| e.into_inner()).rename(&path);
+    }
+}
+
 /// `--reload`: binds (or takes the inherited sockets), then supervises a child that serves
 /// them and restarts it on a change.
 fn supervise(program: &str, settings: &Settings, grace: Duration) -> Result<(), BoxError> {
@@ -812,7 +887,7 @@ fn start(
     // Locked first, and before detaching: a second instance is refused on the terminal it was
     // started from, before it tries the first one's addresses; the daemon inherits the lock.
     let pidfile = match &settings.pidfile {
-        Some(path) => Some(daemon::Pidfile::lock(&absolute(path)?)?),
+        Some(path) => Some(Arc::new(Mutex::new(daemon::Pidfile::lock(&absolute(path)?)?))),
         None => None,
     };
     let listeners = listeners(settings)?;
@@ -828,11 +903,15 @@ fn start(
             daemon::redirect_stdio(None, settings.error_logfile.as_deref())?;
         }
         if let Some(pidfile) = &pidfile {
-            pidfile.write_pid(std::process::id())?;
+            pidfile.lock().unwrap_or_else(|e| e.into_inner()).write_pid(std::process::id())?;
         }
+        let upgrade = (runner.name() == "prefork").then(|| Reexec::new(&listeners, pidfile.clone())).transpose()?;
         // USR1 reopens the log files (the prefork master forwards it to its workers).
         signal::handle_reopen_signal()?;
         let mut server = Server::from_listeners(listeners)?.config(config).runner(runner);
+        if let Some(upgrade) = upgrade {
+            server = server.upgrader(Box::new(upgrade));
+        }
         if let Some(customize) = customize {
             server = customize(server);
         }

@@ -78,7 +78,7 @@ pub(crate) fn supervise(listeners: Vec<Listener>, extra: Vec<PathBuf>, grace: Du
     let mut changed_at: Option<Vec<Stamp>> = None;
     let result = loop {
         if child.is_none() && want_child {
-            match process::spawn_with_listeners(&program, &argv, &env, &fds) {
+            match process::spawn_with_listeners(&program, &argv, &env, &fds, true) {
                 Ok(pid) => child = Some(pid),
                 Err(e) => break Err(e.into()),
             }

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::error::{BindError, Error, Result};
 use crate::handler::{BoxError, Handler};
 use crate::net::{Listener, Listeners};
-use crate::runner::private::{App, ReadyHook, Serving, WorkerHooks};
+use crate::runner::private::{App, ReadyHook, Serving, Upgrader, WorkerHooks};
 use crate::runner::{Runner, ThreadPool};
 use crate::shutdown::ShutdownHandle;
 
@@ -40,6 +40,7 @@ pub struct Server {
     handle_signals: bool,
     hooks: WorkerHooks,
     ready: Option<ReadyHook>,
+    upgrade: Option<Box<dyn Upgrader>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -170,6 +171,12 @@ impl Server {
         Ok(server)
     }
 
+    /// How the prefork master re-executes the program on `USR2`.
+    pub(crate) fn upgrader(mut self, upgrade: Box<dyn Upgrader>) -> Server {
+        self.upgrade = Some(upgrade);
+        self
+    }
+
     /// Takes the listeners out, leaving none: for the options layer, which binds through
     /// [`Server::bind_with_backlog`] and serves them together with others.
     pub(crate) fn take_listeners(&mut self) -> Vec<Listener> {
@@ -185,6 +192,7 @@ impl Server {
             handle_signals: true,
             hooks: WorkerHooks::default(),
             ready: None,
+            upgrade: None,
         })
     }
 
@@ -327,6 +335,7 @@ impl Server {
             app,
             hooks: self.hooks,
             ready: self.ready,
+            upgrade: self.upgrade,
         };
         self.runner.run(serving)
     }

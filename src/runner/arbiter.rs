@@ -56,6 +56,9 @@ pub(crate) enum Event {
     MoreWorkers,
     /// TTOU: one worker fewer (never below one).
     FewerWorkers,
+    /// WINCH: every worker stops gracefully and none is started; the master stays, for a `HUP`
+    /// that brings them back or a `TERM` (the old master of a binary upgrade).
+    StopWorkers,
 }
 
 /// What the master must do.
@@ -118,6 +121,8 @@ pub(crate) struct Arbiter {
     done: bool,
     /// Whether [`Action::Serving`] was given.
     announced: bool,
+    /// The target to come back to, while the workers are stopped by [`Event::StopWorkers`].
+    parked: Option<usize>,
 }
 
 impl Arbiter {
@@ -136,6 +141,7 @@ impl Arbiter {
             failed: None,
             done: false,
             announced: false,
+            parked: None,
         }
     }
 
@@ -212,6 +218,23 @@ impl Arbiter {
                     }
                 }
             }
+            Event::StopWorkers if self.stopping.is_none() && self.parked.is_none() => {
+                actions.push(Action::Log("stopping the workers: HUP brings them back, TERM stops the master".into()));
+                self.parked = Some(self.target);
+                self.target = 0;
+                self.previous = None;
+                let pids: Vec<i32> = self.workers.keys().copied().collect();
+                for pid in pids {
+                    self.retire(pid, now, actions);
+                }
+            }
+            Event::Reload if self.stopping.is_none() && self.parked.is_some() => {
+                self.target = self.parked.take().unwrap_or(1);
+                self.generation += 1;
+                self.failures = 0;
+                self.resume_at = None;
+                actions.push(Action::Log(format!("bringing back {} worker(s)", self.target)));
+            }
             Event::Reload if self.stopping.is_none() => {
                 let old = self.generation;
                 self.generation += 1;
@@ -228,17 +251,17 @@ impl Arbiter {
                 self.resume_at = None;
                 actions.push(Action::Log(format!("reloading: starting {} new worker(s)", self.target)));
             }
-            Event::MoreWorkers if self.stopping.is_none() => {
+            Event::MoreWorkers if self.stopping.is_none() && self.parked.is_none() => {
                 self.target += 1;
                 actions.push(Action::Log(format!("workers: {}", self.target)));
             }
-            Event::FewerWorkers if self.stopping.is_none() => {
+            Event::FewerWorkers if self.stopping.is_none() && self.parked.is_none() => {
                 if self.target > 1 {
                     self.target -= 1;
                     actions.push(Action::Log(format!("workers: {}", self.target)));
                 }
             }
-            Event::Reload | Event::MoreWorkers | Event::FewerWorkers => {}
+            Event::Reload | Event::MoreWorkers | Event::FewerWorkers | Event::StopWorkers => {}
         }
         self.settle(now, actions);
     }
@@ -481,6 +504,30 @@ mod tests {
         fn terms(&self) -> Vec<i32> {
             self.signals.iter().filter(|s| s.1 == Sig::Term).map(|s| s.0).collect()
         }
+    }
+
+    #[test]
+    fn winch_stops_every_worker_and_hup_brings_them_back() {
+        let mut m = Master::start(2);
+        m.ready_all();
+        m.after(Duration::from_secs(10));
+        m.event(Event::StopWorkers);
+        assert_eq!(m.terms(), vec![101, 102]);
+        m.event(Event::Exited { pid: 101, code: 0 });
+        m.event(Event::Exited { pid: 102, code: 0 });
+        m.after(Duration::from_secs(10));
+        assert!(m.arbiter.pids().is_empty(), "none replaced");
+        assert_eq!(m.done, None, "the master stays");
+        m.event(Event::MoreWorkers);
+        assert!(m.arbiter.pids().is_empty(), "no resize while stopped");
+        m.event(Event::Reload);
+        assert_eq!(m.arbiter.pids(), vec![103, 104], "HUP brings both back");
+        m.ready_all();
+        m.event(Event::StopWorkers);
+        m.event(Event::GracefulStop);
+        m.event(Event::Exited { pid: 103, code: 0 });
+        m.event(Event::Exited { pid: 104, code: 0 });
+        assert_eq!(m.done, Some(Ok(())));
     }
 
     #[test]

@@ -235,6 +235,15 @@ pub(crate) mod private {
     /// Called once the server serves ([`Server::on_ready`](crate::Server::on_ready)).
     pub(crate) type ReadyHook = Box<dyn FnOnce() + Send>;
 
+    /// How a prefork master re-executes its program on `USR2` (the options layer knows the
+    /// program, its arguments and the pidfile).
+    pub(crate) trait Upgrader: Send {
+        /// Starts the new master on the same listeners; returns its pid.
+        fn start(&mut self) -> std::io::Result<libc::pid_t>;
+        /// The new master exited: put back what `start` moved (the pidfile).
+        fn abandon(&mut self);
+    }
+
     /// What a prefork worker runs of the app's besides its handler.
     #[derive(Clone, Default)]
     pub(crate) struct WorkerHooks {
@@ -261,6 +270,8 @@ pub(crate) mod private {
         /// Taken and called once the runner serves: by [`Serving::start`], or by the prefork
         /// master once its first workers serve.
         pub(crate) ready: Option<ReadyHook>,
+        /// For the prefork master's binary upgrade (`USR2`).
+        pub(crate) upgrade: Option<Box<dyn Upgrader>>,
     }
 
     impl Serving {

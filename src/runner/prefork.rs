@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::arbiter::{Action, Arbiter, Event, Sig, BOOT_ERROR};
-use super::private::{App, ReadyHook, Sealed, Serving, WorkerHooks};
+use super::private::{App, ReadyHook, Sealed, Serving, Upgrader, WorkerHooks};
 use super::{Runner, ThreadPool};
 use crate::config::Config;
 use crate::conn::panic_message;
@@ -66,6 +66,8 @@ const READY: u8 = b'R';
 /// | `INT`, `QUIT` | quick stop: workers are killed at once |
 /// | `HUP` | graceful reload: N new workers first (a new call of the factory in each); once every one of them serves, the old ones get `TERM`; if the new ones cannot boot, the old ones keep serving and the failure is logged |
 /// | `USR1` | reopen the log files: the master's, and forwarded to every worker |
+/// | `USR2` | binary upgrade, for a server started through [`Options`](crate::Options): re-execute the program on the same listeners (see the README) |
+/// | `WINCH` | stop every worker gracefully and start none (`HUP` brings them back); ignored with a controlling terminal |
 /// | `TTIN` / `TTOU` | one worker more / fewer (never fewer than one) |
 /// | `CHLD` | reaping: a worker that died is replaced |
 ///
@@ -196,7 +198,7 @@ impl Runner for Prefork {
         }
         let (signal_read, signal_write) = unix::pipe()?;
         signal::handle_master_signals(signal_write.as_raw_fd())?;
-        let Serving { listeners, config, flags, shutdown, app, hooks, ready } = server;
+        let Serving { listeners, config, flags, shutdown, app, hooks, ready, upgrade } = server;
         let master = Master {
             arbiter: Arbiter::new(self.workers, config.graceful_timeout),
             signals: File::from(signal_read),
@@ -209,6 +211,8 @@ impl Runner for Prefork {
             max_rss: self.max_rss,
             liveness: BTreeMap::new(),
             ready,
+            upgrade,
+            new_master: None,
             config,
             flags,
             shutdown,
@@ -249,6 +253,9 @@ struct Master {
     liveness: BTreeMap<i32, Arc<SharedWords>>,
     /// Called when the first workers all serve.
     ready: Option<ReadyHook>,
+    /// How to start a new master on `USR2`, and the one started, while it lives.
+    upgrade: Option<Box<dyn Upgrader>>,
+    new_master: Option<i32>,
     config: Arc<Config>,
     flags: RunnerFlags,
     shutdown: ShutdownHandle,
@@ -301,6 +308,16 @@ impl Master {
             // Every turn, not only on SIGCHLD: no zombie outlives one turn of the loop.
             self.check_liveness(&mut events);
             process::reap(|exit| {
+                if Some(exit.pid) == self.new_master {
+                    self.new_master = None;
+                    let line =
+                        format!("the new master {} exited with status {}: upgrade abandoned", exit.pid, exit.code());
+                    self.config.log(&line);
+                    if let Some(upgrade) = &mut self.upgrade {
+                        upgrade.abandon();
+                    }
+                    return;
+                }
                 self.statuses.remove(&exit.pid);
                 self.liveness.remove(&exit.pid);
                 events.push(Event::Exited { pid: exit.pid, code: exit.code() });
@@ -312,6 +329,7 @@ impl Master {
     fn read_signals(&mut self, events: &mut Vec<Event>) {
         let mut buf = [0u8; 64];
         let mut reopen = false;
+        let mut upgrade = false;
         loop {
             match self.signals.read(&mut buf) {
                 Ok(0) => break,
@@ -325,6 +343,13 @@ impl Master {
                         reopen = true;
                         None
                     }
+                    libc::SIGUSR2 => {
+                        upgrade = true;
+                        None
+                    }
+                    // A terminal's window change sends WINCH too: only a master without one
+                    // (a daemon, a service) takes it as "stop the workers" (gunicorn's rule).
+                    libc::SIGWINCH if !unix::has_controlling_terminal() => Some(Event::StopWorkers),
                     _ => None, // SIGCHLD: the reaping below
                 })),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -338,9 +363,35 @@ impl Master {
                 process::kill(pid, libc::SIGUSR1);
             }
         }
+        if upgrade {
+            self.start_new_master();
+        }
         // `ShutdownHandle::shutdown` is a graceful stop too.
         if self.shutdown.is_requested() && !self.arbiter.is_stopping() {
             events.push(Event::GracefulStop);
+        }
+    }
+
+    /// `USR2`: re-executes the program (the file at its path now: the new code) on the same
+    /// listeners. From then on this master leaves the Unix socket files to the new one.
+    fn start_new_master(&mut self) {
+        if self.new_master.is_some() || self.arbiter.is_stopping() {
+            self.config.log("binary upgrade refused: one is under way, or the master is stopping");
+            return;
+        }
+        let Some(upgrade) = &mut self.upgrade else {
+            self.config.log("binary upgrade refused: the server was not started by sgi::Options");
+            return;
+        };
+        match upgrade.start() {
+            Ok(pid) => {
+                self.config.log(&format!("binary upgrade: new master {pid} started"));
+                self.new_master = Some(pid);
+                if let Some(kit) = self.worker.take() {
+                    self.worker = Some(WorkerKit { listeners: kit.listeners.without_files(), ..kit });
+                }
+            }
+            Err(e) => self.config.log(&format!("binary upgrade failed: cannot start the new master: {e}")),
         }
     }
 
@@ -471,6 +522,7 @@ fn worker(kit: WorkerKit, config: &Arc<Config>, flags: RunnerFlags, mut status: 
             app: App::Handler(handler),
             hooks: WorkerHooks::default(),
             ready: None,
+            upgrade: None,
         };
         inner.run(serving)
     }));

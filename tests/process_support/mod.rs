@@ -164,7 +164,32 @@ impl ServerProcess {
         server
     }
 
+    /// [`ServerProcess::start_with`] for a program at `path` (a copy of an example, say).
+    pub fn start_program(path: &Path, args: &[&str], env: &[(&str, &str)], prefix: &[&str]) -> ServerProcess {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let mut server = ServerProcess::spawn_program(path, args, env, prefix, Bind::Tcp(addr));
+            match server.wait_ready() {
+                Ok(()) => return server,
+                Err(why) => last = why,
+            }
+        }
+        panic!("{} {args:?} never became ready: {last}", path.display());
+    }
+
     fn spawn(example_name: &str, args: &[&str], env: &[(&str, &str)], prefix: &[&str], bind: Bind) -> ServerProcess {
+        ServerProcess::spawn_program(example(example_name), args, env, prefix, bind)
+    }
+
+    fn spawn_program(
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        prefix: &[&str],
+        bind: Bind,
+    ) -> ServerProcess {
+        let example_name = program.display();
         let bind_arg = match &bind {
             Bind::Tcp(addr) => addr.to_string(),
             Bind::Unix(path) => format!("unix:{}", path.display()),
@@ -172,12 +197,12 @@ impl ServerProcess {
         let alone = exclusive();
         // `prlimit` (and the like) exec the server in place: the pid stays the server's.
         let mut command = match prefix.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(example(example_name));
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
                 c
             }
-            None => Command::new(example(example_name)),
+            None => Command::new(program),
         };
         let mut child = command
             .envs(env.iter().copied())
@@ -324,6 +349,15 @@ pub fn stat(pid: u32) -> Option<Stat> {
     let state = fields.next()?.chars().next()?;
     let mut num = || fields.next()?.parse::<u32>().ok();
     Some(Stat { pid, state, ppid: num()?, pgrp: num()?, session: num()?, tty_nr: num()? })
+}
+
+/// Gone, or a zombie: a process reparented to a reaper that is slow (or absent, in a container)
+/// stays a zombie.
+pub fn is_gone(pid: u32) -> bool {
+    match stat(pid) {
+        None => true,
+        Some(s) => s.state == 'Z',
+    }
 }
 
 /// Every process whose parent is `pid`.

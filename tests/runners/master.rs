@@ -473,3 +473,135 @@ fn every_worker_runs_its_fork_and_exit_hooks() {
     expected.sort_unstable();
     assert_eq!(lines, expected, "{}", server.output());
 }
+
+/// The binary upgrade under a closed-loop load (keep-alive clients and a client per request),
+/// from a temporary copy of the binary that is then replaced by one that answers differently:
+/// `USR2` starts the new master (the pidfile moves to `.oldbin`), `WINCH` stops the old
+/// workers, `TERM` retires the old master. No request fails, no connection is refused, and the
+/// answers switch to the new binary. Run without a controlling terminal (`setsid`), as a daemon
+/// or a service is: a master with a terminal ignores `WINCH` (a window resize sends it too).
+#[test]
+fn a_binary_upgrade_under_load_fails_no_request() {
+    let dir = PathBuf::from(format!("/tmp/sgi-upgrade-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let app = dir.join("app");
+    std::fs::copy(crate::process_support::example("prefork"), &app).unwrap();
+    let pidfile = dir.join("app.pid");
+    let oldbin = dir.join("app.pid.oldbin");
+    let pidfile_arg = pidfile.to_string_lossy().into_owned();
+    let args = ["--runner", "prefork", "--workers", "2", "--threads", "2", "--pidfile", &pidfile_arg];
+    let mut old = ServerProcess::start_program(&app, &args, &[], &["setsid"]);
+    let addr = old.addr();
+    assert!(wait_until(Duration::from_secs(5), || workers(old.pid).len() == 2));
+    let read_pid = |path: &PathBuf| std::fs::read_to_string(path).ok().and_then(|p| p.trim().parse::<u32>().ok());
+    assert_eq!(read_pid(&pidfile), Some(old.pid));
+    let stop_by = Instant::now() + Duration::from_secs(8);
+    let clients: Vec<_> = (0..4).map(|i| thread::spawn(move || closed_loop(addr, stop_by, i % 2 == 0))).collect();
+    thread::sleep(Duration::from_millis(500));
+    // The new code, put in place as a deployment does: a new file renamed over the old.
+    let staged = dir.join("app.new");
+    std::fs::copy(crate::process_support::example("dump"), &staged).unwrap();
+    std::fs::rename(&staged, &app).unwrap();
+    old.signal("USR2");
+    let new_master = || read_pid(&pidfile).filter(|&p| p != old.pid);
+    assert!(wait_until(Duration::from_secs(10), || new_master().is_some()), "no new pidfile\n{}", old.output());
+    let new = new_master().unwrap();
+    let _new_guard = StopOnDrop(new);
+    assert_eq!(read_pid(&oldbin), Some(old.pid), "the old master's pidfile is PIDFILE.oldbin");
+    assert!(
+        wait_until(Duration::from_secs(10), || workers(new).len() == 2),
+        "the new master's workers\n{}",
+        old.output()
+    );
+    old.signal("WINCH");
+    assert!(
+        wait_until(Duration::from_secs(10), || workers(old.pid) == BTreeSet::from([new])),
+        "WINCH stops the old workers (the new master is the one child left)\n{}",
+        old.output()
+    );
+    for _ in 0..10 {
+        let body = ask(addr, "/").unwrap();
+        assert!(body.contains("\"environ\""), "answered by the old code: {body:?}");
+    }
+    old.signal("TERM");
+    let status = old.wait_exit(Duration::from_secs(10)).expect("the old master retires");
+    assert!(status.success(), "{status}\n{}", old.output());
+    assert!(!oldbin.exists(), "the old master removes its .oldbin");
+    let mut answered = 0;
+    for c in clients {
+        let (n, failures) = c.join().unwrap();
+        assert!(failures.is_empty(), "{failures:#?}\noutput:\n{}", old.output());
+        answered += n;
+    }
+    assert!(answered > 100, "only {answered} requests");
+    assert!(ask(addr, "/").unwrap().contains("\"environ\""), "the new master serves on");
+    assert_eq!(read_pid(&pidfile), Some(new));
+    crate::process_support::send_signal(new, "TERM");
+    assert!(
+        wait_until(Duration::from_secs(10), || crate::process_support::is_gone(new)),
+        "the new master stops on TERM"
+    );
+    assert!(wait_until(Duration::from_secs(2), || !pidfile.exists()), "and removes its pidfile");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Stops a master this test's server started (a binary upgrade's new master), by pid, when the
+/// test ends however it ends: it holds the old one's output pipes open.
+struct StopOnDrop(u32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let gone = || crate::process_support::is_gone(self.0);
+        if !gone() {
+            crate::process_support::send_signal(self.0, "TERM");
+            if !wait_until(Duration::from_secs(5), gone) {
+                crate::process_support::send_signal(self.0, "KILL");
+            }
+        }
+    }
+}
+
+/// Rolling back an upgrade: after `USR2` and `WINCH`, `HUP` brings the old master's workers
+/// back, and `TERM` to the new master leaves the old one serving with its pidfile back in place.
+#[test]
+fn a_binary_upgrade_rolls_back_with_hup() {
+    let dir = PathBuf::from(format!("/tmp/sgi-rollback-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let app = dir.join("app");
+    std::fs::copy(crate::process_support::example("prefork"), &app).unwrap();
+    let pidfile = dir.join("app.pid");
+    let pidfile_arg = pidfile.to_string_lossy().into_owned();
+    let args = ["--runner", "prefork", "--workers", "2", "--threads", "2", "--pidfile", &pidfile_arg];
+    let old = ServerProcess::start_program(&app, &args, &[], &["setsid"]);
+    let addr = old.addr();
+    assert!(wait_until(Duration::from_secs(5), || workers(old.pid).len() == 2));
+    let read_pid = |path: &PathBuf| std::fs::read_to_string(path).ok().and_then(|p| p.trim().parse::<u32>().ok());
+    let staged = dir.join("app.new");
+    std::fs::copy(crate::process_support::example("dump"), &staged).unwrap();
+    std::fs::rename(&staged, &app).unwrap();
+    old.signal("USR2");
+    assert!(wait_until(Duration::from_secs(10), || read_pid(&pidfile).is_some_and(|p| p != old.pid)));
+    let new = read_pid(&pidfile).unwrap();
+    let _new_guard = StopOnDrop(new);
+    assert!(wait_until(Duration::from_secs(10), || workers(new).len() == 2));
+    old.signal("WINCH");
+    // The new master is the old one's child: the one left.
+    assert!(wait_until(Duration::from_secs(10), || workers(old.pid) == BTreeSet::from([new])));
+    // The new code is bad after all: the old workers come back, and the new master goes.
+    old.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || workers(old.pid).len() == 3), "HUP brings the old workers back");
+    crate::process_support::send_signal(new, "TERM");
+    assert!(wait_until(Duration::from_secs(10), || crate::process_support::is_gone(new)));
+    assert!(
+        wait_until(Duration::from_secs(5), || read_pid(&pidfile) == Some(old.pid)),
+        "the pidfile is the old master's again"
+    );
+    for _ in 0..10 {
+        let body = ask(addr, "/").unwrap();
+        assert!(body.starts_with("worker "), "answered by the new code: {body:?}");
+    }
+    drop(old);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::process_support::{example, exclusive, free_port, send_signal, stat, wait_until};
+use crate::process_support::{example, exclusive, free_port, is_gone, send_signal, stat, wait_until};
 
 /// A path in the temporary directory no other test uses.
 fn temp_path(what: &str) -> PathBuf {
@@ -69,14 +69,6 @@ fn get_unix(path: &Path) -> Result<String, String> {
     let s = UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     get_over(s)
-}
-
-/// Gone, or a zombie (a detached daemon's reaper may be slow, or absent in a container).
-fn is_gone(pid: u32) -> bool {
-    match stat(pid) {
-        None => true,
-        Some(s) => s.state == 'Z',
-    }
 }
 
 /// A process this test started outside a `ServerProcess` (a daemon, a launched server): sent

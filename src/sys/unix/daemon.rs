@@ -98,7 +98,6 @@ impl Pidfile {
     /// # Errors
     ///
     /// Any error of `rename(2)`; the pidfile then stays where it was.
-    #[allow(dead_code)] // For the binary upgrade (`USR2`), which is not built yet.
     pub(crate) fn rename(&mut self, to: &Path) -> io::Result<()> {
         std::fs::rename(&self.path, to)?;
         self.path = to.to_path_buf();
@@ -106,7 +105,6 @@ impl Pidfile {
     }
 
     /// Where the pidfile is now.
-    #[allow(dead_code)] // For the binary upgrade (`USR2`), which is not built yet.
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }

@@ -164,6 +164,11 @@ pub(crate) fn close_in_child(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// Whether this process has a controlling terminal (`/dev/tty` opens only then).
+pub(crate) fn has_controlling_terminal() -> bool {
+    std::fs::OpenOptions::new().read(true).open("/dev/tty").is_ok()
+}
+
 /// This process's descriptor limit (`RLIMIT_NOFILE`): `(soft, hard)`, `u64::MAX` for unlimited.
 pub(crate) fn fd_limit() -> io::Result<(u64, u64)> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

@@ -196,8 +196,9 @@ impl Drop for SharedWords {
 /// Starts `program` (`argv[0]` included in `argv`) as a child with the environment `env` plus
 /// systemd's socket-passing variables: `listeners` on descriptors 3, 4, ... (not close-on-exec
 /// there), `LISTEN_FDS`, and `LISTEN_PID` set to the child's own pid between the fork and the
-/// `execve`, as the protocol asks. The child gets `SIGTERM` when this process dies
-/// (`PR_SET_PDEATHSIG`, which survives the exec), and exits with 127 if the exec fails. The
+/// `execve`, as the protocol asks. With `die_with_parent`, the child gets `SIGTERM` when this
+/// process dies (`PR_SET_PDEATHSIG`, which survives the exec). It exits with 127 if the exec
+/// fails. The
 /// caller must be single-threaded ([`thread_count`]); between fork and exec the child only makes
 /// async-signal-safe calls, on memory prepared before the fork.
 pub(crate) fn spawn_with_listeners(
@@ -205,6 +206,7 @@ pub(crate) fn spawn_with_listeners(
     argv: &[std::ffi::CString],
     env: &[std::ffi::CString],
     listeners: &[std::os::fd::RawFd],
+    die_with_parent: bool,
 ) -> io::Result<libc::pid_t> {
     use std::ffi::CString;
     let count = listeners.len() as libc::c_int;
@@ -230,9 +232,11 @@ pub(crate) fn spawn_with_listeners(
             // that no other thread can touch (there is none); every pointer handed to execve is
             // to a NUL-terminated string in a NULL-terminated array that lives until the call.
             unsafe {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
-                if libc::getppid() != parent {
-                    libc::_exit(0);
+                if die_with_parent {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+                    if libc::getppid() != parent {
+                        libc::_exit(0);
+                    }
                 }
                 // Out of the way of 3..3+count first, so that moving one never overwrites another.
                 let mut moved = [0 as libc::c_int; 64];

@@ -18,7 +18,7 @@ static MASTER_FD: AtomicI32 = AtomicI32::new(-1);
 static LOG_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// The signals the prefork master handles.
-pub(crate) const MASTER_SIGNALS: [libc::c_int; 8] = [
+pub(crate) const MASTER_SIGNALS: [libc::c_int; 10] = [
     libc::SIGTERM,
     libc::SIGINT,
     libc::SIGQUIT,
@@ -27,6 +27,8 @@ pub(crate) const MASTER_SIGNALS: [libc::c_int; 8] = [
     libc::SIGTTOU,
     libc::SIGCHLD,
     libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
 ];
 
 extern "C" fn on_reopen(_: libc::c_int) {
