@@ -4,6 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::access_log::AccessLog;
+use crate::logging::{Level, LeveledLog, Sink, Target};
+
 /// Default for [`Config::max_request_line`]: 8 KiB, like nginx and Apache (`LimitRequestLine 8190`).
 pub const DEFAULT_MAX_REQUEST_LINE: usize = 8 * 1024;
 /// Default for [`Config::max_headers`]: 100 fields, like gunicorn, Apache and hyper.
@@ -78,7 +81,8 @@ pub struct Config {
     pub(crate) script_name: Box<str>,
     pub(crate) url_scheme: Box<str>,
     pub(crate) keep_underscore_headers: bool,
-    pub(crate) error_log: ErrorLog,
+    pub(crate) error_log: Sink,
+    pub(crate) access_log: Option<Arc<AccessLog>>,
 }
 
 impl Default for Config {
@@ -104,7 +108,8 @@ impl Default for Config {
             script_name: "".into(),
             url_scheme: "http".into(),
             keep_underscore_headers: false,
-            error_log: Arc::new(|msg: &str| eprintln!("[sgi] {msg}")),
+            error_log: Sink::Default,
+            access_log: None,
         }
     }
 }
@@ -132,6 +137,7 @@ impl fmt::Debug for Config {
             .field("script_name", &self.script_name)
             .field("url_scheme", &self.url_scheme)
             .field("keep_underscore_headers", &self.keep_underscore_headers)
+            .field("access_log", &self.access_log)
             .finish_non_exhaustive()
     }
 }
@@ -294,9 +300,32 @@ impl Config {
     }
 
     /// Where the error log goes: handler errors and panics, protocol errors, and writes to
-    /// `wsgi.errors`. Default: standard error, each line prefixed with `[sgi] `.
+    /// `wsgi.errors`; every message about a connection names its peer.
+    ///
+    /// Default: the [`log`](https://docs.rs/log) facade when a logger is installed (cargo
+    /// feature `log`, on by default), at its level (error, warning or info) with the target
+    /// `sgi::conn` for a connection's messages and `sgi::server` for the server's; with no
+    /// logger, standard error, each line prefixed with `[sgi] `. A sink given here gets every
+    /// message, whatever its level.
     pub fn error_log(mut self, log: impl Fn(&str) + Send + Sync + 'static) -> Config {
-        self.error_log = Arc::new(log);
+        self.error_log = Sink::Plain(Arc::new(log));
+        self
+    }
+
+    /// Sends the error log to `log` with each message's level (the options layer's file).
+    pub(crate) fn leveled_error_log(mut self, log: LeveledLog) -> Config {
+        self.error_log = Sink::Leveled(log);
+        self
+    }
+
+    /// Writes one line per finished response to `log` (see [`AccessLog`]). Default: none.
+    ///
+    /// ```
+    /// let config = sgi::Config::new().access_log(Some(sgi::AccessLog::to_stderr()));
+    /// # let _ = config;
+    /// ```
+    pub fn access_log(mut self, log: Option<AccessLog>) -> Config {
+        self.access_log = log.map(Arc::new);
         self
     }
 
@@ -305,7 +334,13 @@ impl Config {
         self.max_body
     }
 
-    pub(crate) fn log(&self, msg: &str) {
-        (self.error_log)(msg)
+    /// Logs a message about the server as a whole.
+    pub(crate) fn log(&self, level: Level, msg: &str) {
+        self.error_log.emit(level, Target::Server, msg)
+    }
+
+    /// Logs a message about one connection (it names the peer).
+    pub(crate) fn log_conn(&self, level: Level, msg: &str) {
+        self.error_log.emit(level, Target::Conn, msg)
     }
 }

@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use crate::config::Config;
+use crate::logging::Level;
 
 /// Where a key or value lives: a `'static` string, or a range of the environ's byte arena.
 #[derive(Debug, Clone, Copy)]
@@ -219,7 +220,7 @@ impl Vars {
         self.position(key).map(|i| self.value_of(i))
     }
 
-    fn insert(&mut self, key: &[u8], value: &[u8]) {
+    pub(crate) fn insert(&mut self, key: &[u8], value: &[u8]) {
         let start = self.arena.len();
         self.arena.extend_from_slice(value);
         let value = Slot::Arena { start, end: self.arena.len() };
@@ -520,7 +521,7 @@ impl Write for ErrorStream<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         if !self.line.is_empty() {
-            self.config.log(&String::from_utf8_lossy(&self.line));
+            self.config.log(Level::Error, &String::from_utf8_lossy(&self.line));
             self.line.clear();
         }
         Ok(())

@@ -86,6 +86,7 @@
 #![cfg_attr(test, deny(warnings))]
 #![doc(test(attr(deny(warnings))))]
 
+mod access_log;
 mod body;
 mod config;
 mod conn;
@@ -95,6 +96,7 @@ mod error;
 mod handler;
 mod http;
 mod limits;
+mod logging;
 mod net;
 mod options;
 #[doc(hidden)]
@@ -107,6 +109,7 @@ mod shutdown;
 #[allow(unsafe_code)]
 mod sys;
 
+pub use access_log::{AccessLog, AccessLogFormatError, DEFAULT_ACCESS_LOG_FORMAT};
 pub use body::Body;
 pub use config::{
     Config, ErrorLog, DEFAULT_BODY_TIMEOUT, DEFAULT_BUFFERED_BODY, DEFAULT_DRAIN_LIMIT, DEFAULT_GRACEFUL_TIMEOUT,

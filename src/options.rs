@@ -15,9 +15,11 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::error::{BindError, Error};
 use crate::handler::{BoxError, Handler};
+use crate::logging::Level;
 use crate::net::Listener;
 use crate::reload;
 use crate::runner::private::{App, Upgrader};
@@ -310,7 +312,9 @@ const SPECS: &[Spec] = &[
     opt("umask", "MASK", "the inherited one", "file mode creation mask (octal, as 022), set before binding (Unix socket files) and for the files the app writes"),
     flag("reload", "development: a supervisor holds the sockets and restarts the server when its executable (or a --reload-extra-file) changes; clients wait in the backlog meanwhile"),
     repeatable(opt("reload-extra-file", "PATH", "none", "with --reload: another file whose change restarts the server (repeatable)")),
-    opt("error-logfile", "PATH", "-", "where the server's error log goes (-: stderr); appended to"),
+    opt("error-logfile", "PATH", "-", "where the server's error log goes (-: stderr); appended to, reopened on USR1"),
+    opt("access-logfile", "PATH", "none", "write an access log line per response to PATH (-: stdout); appended to, reopened on USR1"),
+    opt("access-logformat", "FORMAT", r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#, "the access log's format, in gunicorn's codes (see the README's table)"),
     flag("check-config", "check the options and exit: 0 if they can be used, 2 if not"),
     short(flag("version", "print the version and exit"), 'v'),
     short(flag("help", "print this help and exit"), 'h'),
@@ -453,6 +457,8 @@ struct Settings {
     chdir: Option<PathBuf>,
     umask: Option<u32>,
     error_logfile: Option<PathBuf>,
+    /// `None` for standard output.
+    access_logfile: Option<Option<PathBuf>>,
     backlog: i32,
     reload: bool,
     reload_extra_files: Vec<PathBuf>,
@@ -511,8 +517,20 @@ impl Settings {
             }
             None => None,
         };
+        let access_logfile = match raw.path("access-logfile")? {
+            Some(path) if path.as_os_str() == "-" => Some(None),
+            Some(path) => {
+                Some(Some(absolute(&path).map_err(|e| OptionsError::new(raw.named("access-logfile"), e.to_string()))?))
+            }
+            None => None,
+        };
+        if let Some(format) = raw.last("access-logformat") {
+            AccessLog::check_format(format)
+                .map_err(|e| OptionsError::new(raw.named("access-logformat"), e.to_string()))?;
+        }
         Ok(Settings {
             binds,
+            access_logfile,
             help: raw.flag("help")?,
             version: raw.flag("version")?,
             check_config: raw.flag("check-config")?,
@@ -621,7 +639,20 @@ impl Settings {
             config = config.max_body((n > 0).then_some(n));
         }
         if let Some(path) = &self.error_logfile {
-            config = config.error_log(log_file(path).map_err(|e| OptionsError::new(raw.named("error-logfile"), e))?);
+            let log = log_file(path).map_err(|e| OptionsError::new(raw.named("error-logfile"), e))?;
+            config = config.leveled_error_log(Arc::new(log));
+        }
+        if let Some(target) = &self.access_logfile {
+            let log = match target {
+                None => AccessLog::to_stdout(),
+                Some(path) => AccessLog::to_file(path).map_err(|e| {
+                    OptionsError::new(raw.named("access-logfile"), format!("cannot open {}: {e}", path.display()))
+                })?,
+            };
+            let format = raw.last("access-logformat").unwrap_or(crate::access_log::DEFAULT_ACCESS_LOG_FORMAT);
+            let log =
+                log.format(format).map_err(|e| OptionsError::new(raw.named("access-logformat"), e.to_string()))?;
+            config = config.access_log(Some(log));
         }
         Ok(config)
     }
@@ -772,15 +803,16 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 }
 
 /// An error log appended to `path`, one line per message: `[2026-12-01 14:00:00 +0000] [pid]
-/// message`, gunicorn's layout. Reopened at its path on the first message after a `SIGUSR1`
+/// [LEVEL] message`, gunicorn's layout. Reopened at its path on the first message after a `SIGUSR1`
 /// (`logrotate` moved it away); if it cannot be, messages go on to the file already open.
-fn log_file(path: &Path) -> Result<impl Fn(&str) + Send + Sync + 'static, String> {
+fn log_file(path: &Path) -> Result<impl Fn(Level, &str) + Send + Sync + 'static, String> {
     let open = |path: &Path| std::fs::OpenOptions::new().create(true).append(true).open(path);
     let file = open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let path = path.to_owned();
     let state = Mutex::new((file, signal::log_generation()));
-    Ok(move |message: &str| {
-        let line = format!("[{}] [{}] {message}\n", crate::http::date::log_timestamp(), std::process::id());
+    Ok(move |level: Level, message: &str| {
+        let (time, pid, level) = (crate::http::date::log_timestamp(), std::process::id(), level.name());
+        let line = format!("[{time}] [{pid}] [{level}] {message}\n");
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         let generation = signal::log_generation();
         if state.1 != generation {

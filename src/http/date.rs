@@ -120,6 +120,38 @@ pub(crate) fn log_timestamp() -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} +0000", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
+/// Appends now as the Common Log Format's time, `[01/Dec/2026:14:00:00 +0000]` (UTC), formatted at
+/// most once a second per thread.
+pub(crate) fn extend_with_clf_now(out: &mut Vec<u8>) {
+    thread_local! {
+        static CLF: std::cell::Cell<(u64, [u8; 28])> = const { std::cell::Cell::new((u64::MAX, [0; 28])) };
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (second, mut text) = CLF.get();
+    if second != now {
+        text = clf_time(now);
+        CLF.set((now, text));
+    }
+    out.extend_from_slice(&text);
+}
+
+fn clf_time(unix_seconds: u64) -> [u8; 28] {
+    const MONTHS: [&[u8; 3]; 12] =
+        [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+    let (year, month, day) = civil_from_days((unix_seconds / 86_400) as i64);
+    let secs = unix_seconds % 86_400;
+    let mut t = *b"[01/Jan/1970:00:00:00 +0000]";
+    put2(&mut t[1..3], u64::from(day));
+    t[4..7].copy_from_slice(MONTHS[month as usize - 1]);
+    let y = year as u64;
+    put2(&mut t[8..10], y / 100 % 100);
+    put2(&mut t[10..12], y % 100);
+    put2(&mut t[13..15], secs / 3600);
+    put2(&mut t[16..18], secs / 60 % 60);
+    put2(&mut t[19..21], secs % 60);
+    t
+}
+
 fn put2(dst: &mut [u8], n: u64) {
     dst[0] = b'0' + (n / 10) as u8;
     dst[1] = b'0' + (n % 10) as u8;
@@ -165,5 +197,15 @@ mod tests {
         assert_eq!(&format_imf_fixdate(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(&format_imf_fixdate(951_782_400), b"Tue, 29 Feb 2000 00:00:00 GMT");
         assert_eq!(&format_imf_fixdate(1_795_737_599), b"Thu, 26 Nov 2026 23:59:59 GMT");
+    }
+
+    #[test]
+    fn formats_common_log_format_times() {
+        assert_eq!(&clf_time(784_111_777), b"[06/Nov/1994:08:49:37 +0000]");
+        assert_eq!(&clf_time(1_795_737_599), b"[26/Nov/2026:23:59:59 +0000]");
+        let mut out = Vec::new();
+        extend_with_clf_now(&mut out);
+        extend_with_clf_now(&mut out);
+        assert_eq!(out.len(), 56);
     }
 }

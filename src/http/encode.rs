@@ -176,6 +176,16 @@ impl ResponseHead {
         Ok(())
     }
 
+    /// The value of the application's header `name` (any case; the first if repeated), for the
+    /// access log. `Content-Length` is not among them: the server writes it.
+    pub(crate) fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.buf.get(self.status_end..)?.split(|&b| b == b'\n').find_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|&b| b == b':')?;
+            line[..colon].eq_ignore_ascii_case(name).then(|| line[colon + 1..].trim_ascii())
+        })
+    }
+
     /// Chooses the framing of the body (RFC 9112 §6.3, PEP 3333's Content-Length rules).
     /// `body_len` is the length of the body when it is known before sending.
     pub(crate) fn framing(&self, req: RequestInfo, body_len: Option<u64>) -> BodyFraming {

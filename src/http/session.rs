@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::access_log::Record;
 use crate::config::Config;
 use crate::environ::Vars;
 use crate::error::ParseError;
@@ -22,6 +23,7 @@ use crate::http::date::DateCache;
 use crate::http::decode::Decoder;
 use crate::http::encode::{self, BodyFraming, Framed, RequestInfo, ResponseHead};
 use crate::http::parse::{self, ConnInfo, Framing, HeadScanner, RequestHead};
+use crate::logging::Level;
 
 /// First size of a read buffer; it grows to hold a whole head (and a buffered body) when needed.
 const READ_BUFFER: usize = 8 * 1024;
@@ -89,6 +91,24 @@ pub(crate) struct Finished {
     /// When the last byte of the response was queued.
     pub(crate) ended: Instant,
 }
+
+/// A finished response the access log has yet to hear of: it is logged once its last byte is
+/// written (or the connection fails), so its line holds what the client actually got.
+#[derive(Debug, Clone, Copy)]
+struct Unlogged {
+    status: u16,
+    body_bytes: u64,
+    started: Instant,
+    /// Whether the request head was parsed: the session's variables are this request's.
+    parsed: bool,
+    /// Whether the response is the application's: the session's response head is its.
+    app_head: bool,
+    /// Framing bytes queued after the last body byte (a chunk's CRLF, the last chunk).
+    framing_tail: usize,
+}
+
+/// Most of a refused request's first line that its access log line shows.
+const MAX_LOGGED_LINE: usize = 2048;
 
 /// A read buffer: `data[start..end]` holds bytes received and not yet consumed.
 #[derive(Default)]
@@ -355,6 +375,10 @@ pub(crate) struct Session {
     /// The client will send nothing more.
     eof: bool,
     finished: Option<Finished>,
+    /// The response whose access log line waits for its last byte (with an access log only).
+    unlogged: Option<Unlogged>,
+    /// The first line of a request refused before it was parsed, for its access log line.
+    raw_line: Vec<u8>,
     /// The `Date` of the responses, known for a second at a time.
     date: DateCache,
 }
@@ -381,6 +405,8 @@ impl Session {
             write_progress: now,
             eof: false,
             finished: None,
+            unlogged: None,
+            raw_line: Vec::new(),
             date: DateCache::default(),
         }
     }
@@ -418,8 +444,12 @@ impl Session {
 
     /// Writing failed for good (the client is gone): nothing more will be sent.
     pub(crate) fn write_failed(&mut self) {
+        self.note_cut_short();
+        let unsent = self.out.len;
         self.out.clear();
         self.phase = Phase::Closed;
+        // No clock here: the response was cut when writing last made progress.
+        self.log_access(self.write_progress, unsent);
     }
 
     /// The sending side was shut down at `now` ([`Next::ShutdownWrite`]).
@@ -441,6 +471,9 @@ impl Session {
         self.out.advance(n);
         if n > 0 {
             self.write_progress = now;
+        }
+        if self.out.is_empty() && self.unlogged.is_some() {
+            self.log_access(now, 0);
         }
     }
 
@@ -615,10 +648,10 @@ impl Session {
     /// that did not come in time gets `408`, an idle connection closes.
     fn expire(&mut self, now: Instant) {
         if !self.out.is_empty() {
-            self.log(&format!(
-                "write stalled for {:?}: connection dropped",
-                self.config.write_timeout.unwrap_or_default()
-            ));
+            self.log(
+                Level::Warn,
+                &format!("write stalled for {:?}: connection dropped", self.config.write_timeout.unwrap_or_default()),
+            );
             return self.write_failed();
         }
         match &mut self.phase {
@@ -696,10 +729,17 @@ impl Session {
                         return self.drain();
                     }
                     let keep_alive = keep_alive && x.body_error.is_none() && x.decoder.is_done();
+                    let linger = !x.decoder.is_done() || !self.rbuf.filled().is_empty();
+                    if keep_alive && self.unlogged.is_some() {
+                        // The next request would take the variables this one's log line reads.
+                        if !self.out.is_empty() {
+                            return write;
+                        }
+                        self.log_access(now, 0);
+                    }
                     if keep_alive {
                         self.next_request(now);
                     } else {
-                        let linger = !x.decoder.is_done() || !self.rbuf.filled().is_empty();
                         self.phase = Phase::Closing(Closing { linger, until: None, discarded: 0 });
                     }
                 }
@@ -932,7 +972,10 @@ impl Session {
         let framing = head.framing(info, body_len);
         if let (Some(declared), Some(actual), BodyFraming::Length(_)) = (head.content_length, body_len, framing) {
             if declared != actual {
-                self.log_request(&format!("Content-Length {declared} but a body of {actual} bytes: answered 500"));
+                self.log_request(
+                    Level::Error,
+                    &format!("Content-Length {declared} but a body of {actual} bytes: answered 500"),
+                );
                 self.head = head;
                 self.error_response(500, "internal server error", now);
                 return None;
@@ -961,7 +1004,7 @@ impl Session {
             }
             None => 0,
         };
-        self.finish(head.status, body_bytes, now);
+        self.finish(head.status, body_bytes, true, 0, now);
         self.head = head;
         if let Phase::Exchange(x) = &mut self.phase {
             x.response = Response::Done { keep_alive };
@@ -1002,11 +1045,12 @@ impl Session {
             self.out.extend_with(|buf| h.encode(buf, framed, &self.config, &mut self.date, now));
             self.head = h;
         }
+        let mut cut = false;
         let chunk = match *framing {
             BodyFraming::Length(n) => {
                 let room = usize::try_from(n - *written).unwrap_or(usize::MAX);
                 if chunk.len() > room {
-                    self.config.log("response body longer than its Content-Length: cut");
+                    cut = true;
                     chunk.slice(..room)
                 } else {
                     chunk
@@ -1022,6 +1066,9 @@ impl Session {
             self.out.extend(encode::CHUNK_SUFFIX);
         } else {
             self.out.push(chunk);
+        }
+        if cut {
+            self.log_request(Level::Warn, "response body longer than its Content-Length: cut");
         }
         if length_reached {
             self.body_end(now);
@@ -1050,14 +1097,22 @@ impl Session {
         match framing {
             BodyFraming::Chunked => self.out.extend(encode::LAST_CHUNK),
             BodyFraming::Length(n) if written < n => {
-                self.log_request(&format!("response body shorter than its Content-Length ({written} of {n} bytes)"));
+                self.log_request(
+                    Level::Warn,
+                    &format!("response body shorter than its Content-Length ({written} of {n} bytes)"),
+                );
                 keep_alive = false;
             }
             BodyFraming::Close => keep_alive = false,
             _ => {}
         }
         let status = status.unwrap_or(self.head.status);
-        self.finish(status, written, now);
+        let framing_tail = match framing {
+            BodyFraming::Chunked if written > 0 => encode::CHUNK_SUFFIX.len() + encode::LAST_CHUNK.len(),
+            BodyFraming::Chunked => encode::LAST_CHUNK.len(),
+            _ => 0,
+        };
+        self.finish(status, written, true, framing_tail, now);
         if let Phase::Exchange(x) = &mut self.phase {
             x.response = Response::Done { keep_alive };
         }
@@ -1066,7 +1121,7 @@ impl Session {
     /// Pulling the response body failed (an error or a panic, described by `message`): a `500`
     /// if nothing was sent yet, else the connection closes so the client sees the response cut.
     pub(crate) fn body_failed(&mut self, message: &str, now: Instant) {
-        self.log_request(message);
+        self.log_request(Level::Error, message);
         let Phase::Exchange(Exchange { response: Response::Streaming { head, .. }, .. }) = &mut self.phase else {
             return;
         };
@@ -1077,6 +1132,7 @@ impl Session {
             }
             None => {
                 // Part of the body is out: what is queued still goes, then the connection closes.
+                self.note_cut_short();
                 self.phase = Phase::Closing(Closing { linger: false, until: None, discarded: 0 });
             }
         }
@@ -1085,7 +1141,7 @@ impl Session {
     /// The handler failed (returned an error or panicked, described by `message`): its error
     /// status, or the body's when the request body broke.
     pub(crate) fn handler_failed(&mut self, message: &str, now: Instant) {
-        self.log_request(message);
+        self.log_request(Level::Error, message);
         let error = match &self.phase {
             Phase::Exchange(x) => x.body_error,
             _ => None,
@@ -1102,7 +1158,7 @@ impl Session {
 
     /// Answers a request that could not be accepted, and closes.
     fn reject(&mut self, error: ParseError, now: Instant) {
-        self.log(&format!("rejected request: {} {}", error.status(), error.description()));
+        self.log(Level::Info, &format!("rejected request: {} {}", error.status(), error.description()));
         // A client that timed out is not waited for: lingering would give it the time it was refused.
         let linger = error != ParseError::Timeout;
         self.error_response(error.status(), error.description(), now);
@@ -1123,16 +1179,56 @@ impl Session {
         }
         let config = &self.config;
         self.out.extend_with(|buf| encode::error_response(buf, status, message, is_head, config));
-        self.finish(status, 0, now);
+        self.finish(status, 0, false, 0, now);
         self.phase = Phase::Closing(Closing { linger: true, until: None, discarded: 0 });
     }
 
-    fn finish(&mut self, status: u16, body_bytes: u64, now: Instant) {
-        let started = match &self.phase {
-            Phase::Buffering(x) | Phase::Exchange(x) => x.started,
-            _ => self.head_started.unwrap_or(now),
+    /// A response is all queued: `app_head` when it is the application's (not an error page).
+    fn finish(&mut self, status: u16, body_bytes: u64, app_head: bool, framing_tail: usize, now: Instant) {
+        let (started, parsed) = match &self.phase {
+            Phase::Buffering(x) | Phase::Exchange(x) => (x.started, true),
+            _ => (self.head_started.unwrap_or(now), false),
         };
         self.finished = Some(Finished { status, body_bytes, started, ended: now });
+        if self.config.access_log.is_some() {
+            if !parsed {
+                let buf = self.rbuf.filled();
+                let line = &buf[..buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len())];
+                self.raw_line.clear();
+                self.raw_line.extend_from_slice(&line[..line.len().min(MAX_LOGGED_LINE)]);
+            }
+            self.unlogged = Some(Unlogged { status, body_bytes, started, parsed, app_head, framing_tail });
+        }
+    }
+
+    /// A streamed response whose head went out ends before its body did (the client left, the
+    /// body failed): its access log line is due all the same, with what was sent.
+    fn note_cut_short(&mut self) {
+        if self.config.access_log.is_none() || self.unlogged.is_some() {
+            return;
+        }
+        let Phase::Exchange(x) = &self.phase else { return };
+        let Response::Streaming { head: None, written, framing, .. } = x.response else { return };
+        let (status, started) = (self.head.status, x.started);
+        let framing_tail = if framing == BodyFraming::Chunked { encode::CHUNK_SUFFIX.len() } else { 0 };
+        let entry = Unlogged { status, body_bytes: written, started, parsed: true, app_head: true, framing_tail };
+        self.unlogged = Some(entry);
+    }
+
+    /// Writes the access log line of the response in flight, `unsent` bytes of the output
+    /// never having gone out, at `now`.
+    fn log_access(&mut self, now: Instant, unsent: usize) {
+        let (Some(entry), Some(log)) = (self.unlogged.take(), &self.config.access_log) else { return };
+        log.log(&Record {
+            vars: entry.parsed.then_some(&self.vars),
+            raw_line: &self.raw_line,
+            remote_addr: &self.info.remote_addr,
+            status: entry.status,
+            // The unsent bytes are the end of the output: this response's body, then its framing.
+            body_bytes: entry.body_bytes.saturating_sub(unsent.saturating_sub(entry.framing_tail) as u64),
+            duration: now.saturating_duration_since(entry.started),
+            response: entry.app_head.then_some(&self.head),
+        });
     }
 
     fn next_request(&mut self, now: Instant) {
@@ -1142,14 +1238,26 @@ impl Session {
         self.head_started = None;
     }
 
-    fn log(&self, message: &str) {
-        self.config.log(&format!("{}: {message}", self.peer()));
+    /// Logs `message`, naming the peer.
+    fn log(&self, level: Level, message: &str) {
+        self.config.log_conn(level, &format!("{}: {message}", self.peer()));
     }
 
-    /// Logs `message` with the request line of the exchange in progress.
-    fn log_request(&self, message: &str) {
+    /// Logs `message` with the peer and the request line of the exchange in progress.
+    fn log_request(&self, level: Level, message: &str) {
         let get = |k: &[u8]| String::from_utf8_lossy(self.vars.get(k).unwrap_or(b"")).into_owned();
-        self.log(&format!("{} {}: {message}", get(b"REQUEST_METHOD"), get(b"RAW_URI")));
+        self.log(level, &format!("{} {}: {message}", get(b"REQUEST_METHOD"), get(b"RAW_URI")));
+    }
+}
+
+impl Drop for Session {
+    /// A connection dropped with a response in flight (a runner abandoning it at the end of a
+    /// graceful stop): its access log line still gets written, with what was sent.
+    fn drop(&mut self) {
+        self.note_cut_short();
+        if self.unlogged.is_some() {
+            self.log_access(self.write_progress, self.out.len);
+        }
     }
 }
 

@@ -27,6 +27,8 @@ struct Wire {
     now: Instant,
     /// The client stops reading: writes take nothing.
     reader_stalled: bool,
+    /// The client stops reading after this many writes.
+    stall_after_writes: Option<usize>,
     shut_down: bool,
     /// [`pump`] returns as soon as the session waits idle for its next request.
     stop_when_idle: bool,
@@ -47,6 +49,7 @@ impl Wire {
             writes: 0,
             now: Instant::now(),
             reader_stalled: false,
+            stall_after_writes: None,
             shut_down: false,
             stop_when_idle: false,
             whole_bodies: false,
@@ -83,6 +86,9 @@ impl Wire {
     }
 
     fn write(&mut self, session: &mut Session, deadline: Option<Instant>) -> bool {
+        if self.stall_after_writes.is_some_and(|n| self.writes >= n) {
+            self.reader_stalled = true;
+        }
         if self.reader_stalled {
             return match deadline {
                 Some(d) => {
@@ -869,4 +875,94 @@ fn a_whole_body_goes_out_as_a_pulled_one_would() {
             }
         }
     }
+}
+
+/// A configuration whose access log lines, in `format`, are collected in `lines`.
+fn access_logged(lines: &Arc<Mutex<Vec<String>>>, format: &str) -> Config {
+    let sink = Arc::clone(lines);
+    let log = crate::AccessLog::to_fn(move |l| sink.lock().unwrap().push(l.to_owned())).format(format).unwrap();
+    Config::default().error_log(|_| {}).access_log(Some(log))
+}
+
+#[test]
+fn pipelined_requests_are_each_logged_with_their_own_request_once_written() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut wire = Wire::new(vec![b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b?q HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()]);
+    // Writes of a few bytes each: the first response is still going out when the second
+    // request could be parsed.
+    wire.write_max = 7;
+    let mut s = session(access_logged(&lines, "%(r)s %(s)s %(B)s %(h)s"), 0, wire.now);
+    pump(&mut s, &mut wire, &hello());
+    assert_eq!(parse_responses(&wire.written, &[]).len(), 2);
+    assert_eq!(*lines.lock().unwrap(), ["GET /a HTTP/1.1 200 2 127.0.0.1", "GET /b?q HTTP/1.1 200 2 127.0.0.1"]);
+}
+
+#[test]
+fn requests_refused_before_the_handler_are_logged_with_the_status_sent() {
+    let cases: [(&[u8], &str); 4] = [
+        (b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n", "GET / HTTP/1.1 400 -"),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "GET / HTTP/2.0 505 -"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", "POST / HTTP/1.1 413 -"),
+        (b"GET /\x01 HTTP/1.1\r\n\r\n", r"GET /\x01 HTTP/1.1 400 -"),
+    ];
+    for (request, expected) in cases {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        exchange(access_logged(&lines, "%(r)s %(s)s %(b)s"), vec![request.to_vec()], &hello());
+        assert_eq!(*lines.lock().unwrap(), [expected], "{}", String::from_utf8_lossy(request));
+    }
+}
+
+#[test]
+fn a_head_that_times_out_is_logged_as_408() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut wire = Wire::new(vec![b"GET /slow HTTP/1.1\r\nHo".to_vec()]);
+    wire.half_close = false;
+    let config = access_logged(&lines, "%(s)s %(r)s %(D)s").header_timeout(Some(Duration::from_secs(3)));
+    let mut s = session(config, 0, wire.now);
+    pump(&mut s, &mut wire, &hello());
+    assert_eq!(*lines.lock().unwrap(), ["408 GET /slow HTTP/1.1 3000000"]);
+}
+
+#[test]
+fn the_log_has_the_status_the_client_got_not_the_handlers() {
+    // The handler answers 200 after reading a body that breaks the limit: the client gets 413.
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let config = access_logged(&lines, "%(s)s %(B)s").max_body(Some(4));
+    let request = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n123456789\r\n0\r\n\r\n";
+    let (wire, _) = exchange(config, vec![request.to_vec()], &echo());
+    assert_eq!(parse_responses(&wire.written, &[])[0].status, 413);
+    assert_eq!(*lines.lock().unwrap(), ["413 0"]);
+
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let handler = handler_fn(|_env, _sr| -> Result<Response, BoxError> { panic!("boom") });
+    exchange(access_logged(&lines, "%(s)s %({x-a}o)s"), vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()], &handler);
+    assert_eq!(*lines.lock().unwrap(), ["500 -"]);
+}
+
+#[test]
+fn a_response_cut_by_a_stalled_reader_logs_the_bytes_that_went_out() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let big = handler_fn(|_env, start_response| {
+        Ok(start_response.start("200 OK", [("X-A", "1")])?.body(Body::from_chunks([vec![b'x'; 100_000]])))
+    });
+    let mut wire = Wire::new(vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()]);
+    wire.write_max = 60_000;
+    let config = access_logged(&lines, "%(s)s %(B)s %({x-a}o)s").write_timeout(Some(Duration::from_secs(2)));
+    wire.stall_after_writes = Some(1);
+    let mut s = session(config, 0, wire.now);
+    let run = pump(&mut s, &mut wire, &big);
+    assert!(!run.stuck);
+    let written_body = wire.written.len() - (wire.written.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4);
+    assert_eq!(*lines.lock().unwrap(), [format!("200 {} 1", written_body - 7)], "chunk framing aside");
+}
+
+#[test]
+fn without_an_access_log_nothing_waits_for_it() {
+    // Pipelined responses still go out in one write.
+    let mut wire = Wire::new(vec![b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()]);
+    wire.half_close = false;
+    wire.stop_when_idle = true;
+    let mut s = session(Config::default(), 0, wire.now);
+    pump(&mut s, &mut wire, &hello());
+    assert_eq!(wire.writes, 1);
 }

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::logging::Level;
+
 /// Exit status of a worker whose handler factory failed (gunicorn's `WORKER_BOOT_ERROR`).
 pub(crate) const BOOT_ERROR: i32 = 3;
 
@@ -72,7 +74,7 @@ pub(crate) enum Action {
         pid: i32,
         sig: Sig,
     },
-    Log(String),
+    Log(Level, String),
     /// The first workers all serve: the service is up (once per master).
     Serving,
     /// Every worker is gone: return from `serve`, with an error message if the service failed.
@@ -186,21 +188,26 @@ impl Arbiter {
                 if let Some(w) = self.workers.get_mut(&pid).filter(|w| w.state == State::Serving) {
                     if self.stopping.is_none() {
                         w.state = State::Recycling;
-                        actions
-                            .push(Action::Log(format!("worker {pid} served its requests: starting its replacement")));
+                        actions.push(Action::Log(
+                            Level::Info,
+                            format!("worker {pid} served its requests: starting its replacement"),
+                        ));
                     }
                 }
             }
             Event::Overdue { pid, why } => {
                 if self.workers.get(&pid).is_some_and(|w| !matches!(w.state, State::Stopping { .. })) {
-                    actions.push(Action::Log(format!("worker {pid} timed out ({why}): killing and replacing it")));
+                    actions.push(Action::Log(
+                        Level::Warn,
+                        format!("worker {pid} timed out ({why}): killing and replacing it"),
+                    ));
                     self.retire_within(pid, now + OVERDUE_GRACE, actions);
                 }
             }
             Event::Exited { pid, code } => self.exited(pid, code, now, actions),
             Event::GracefulStop => {
                 if self.stopping.is_none() {
-                    actions.push(Action::Log("stopping: workers finish their requests".into()));
+                    actions.push(Action::Log(Level::Info, "stopping: workers finish their requests".into()));
                     self.stopping = Some(Some(now + self.grace));
                     let pids: Vec<i32> = self.workers.keys().copied().collect();
                     for pid in pids {
@@ -209,7 +216,7 @@ impl Arbiter {
                 }
             }
             Event::QuickStop => {
-                actions.push(Action::Log("quick stop: killing the workers".into()));
+                actions.push(Action::Log(Level::Warn, "quick stop: killing the workers".into()));
                 self.stopping = Some(None);
                 for (&pid, w) in &mut self.workers {
                     if !matches!(w.state, State::Stopping { killed: true, .. }) {
@@ -219,7 +226,10 @@ impl Arbiter {
                 }
             }
             Event::StopWorkers if self.stopping.is_none() && self.parked.is_none() => {
-                actions.push(Action::Log("stopping the workers: HUP brings them back, TERM stops the master".into()));
+                actions.push(Action::Log(
+                    Level::Info,
+                    "stopping the workers: HUP brings them back, TERM stops the master".into(),
+                ));
                 self.parked = Some(self.target);
                 self.target = 0;
                 self.previous = None;
@@ -233,7 +243,7 @@ impl Arbiter {
                 self.generation += 1;
                 self.failures = 0;
                 self.resume_at = None;
-                actions.push(Action::Log(format!("bringing back {} worker(s)", self.target)));
+                actions.push(Action::Log(Level::Info, format!("bringing back {} worker(s)", self.target)));
             }
             Event::Reload if self.stopping.is_none() => {
                 let old = self.generation;
@@ -249,16 +259,16 @@ impl Arbiter {
                 // A reload is a fresh start: no backoff carried over.
                 self.failures = 0;
                 self.resume_at = None;
-                actions.push(Action::Log(format!("reloading: starting {} new worker(s)", self.target)));
+                actions.push(Action::Log(Level::Info, format!("reloading: starting {} new worker(s)", self.target)));
             }
             Event::MoreWorkers if self.stopping.is_none() && self.parked.is_none() => {
                 self.target += 1;
-                actions.push(Action::Log(format!("workers: {}", self.target)));
+                actions.push(Action::Log(Level::Info, format!("workers: {}", self.target)));
             }
             Event::FewerWorkers if self.stopping.is_none() && self.parked.is_none() => {
                 if self.target > 1 {
                     self.target -= 1;
-                    actions.push(Action::Log(format!("workers: {}", self.target)));
+                    actions.push(Action::Log(Level::Info, format!("workers: {}", self.target)));
                 }
             }
             Event::Reload | Event::MoreWorkers | Event::FewerWorkers | Event::StopWorkers => {}
@@ -340,7 +350,7 @@ impl Arbiter {
         if up >= self.target {
             // The new generation serves in full: only now do the old workers go.
             let old = self.unstopped_of(previous);
-            actions.push(Action::Log(format!("reloaded: retiring {} old worker(s)", old.len())));
+            actions.push(Action::Log(Level::Info, format!("reloaded: retiring {} old worker(s)", old.len())));
             for pid in old {
                 self.retire(pid, now, actions);
             }
@@ -355,11 +365,14 @@ impl Arbiter {
         }
         let booting = w.state == State::Booting;
         if code == BOOT_ERROR && booting {
-            actions.push(Action::Log(format!("worker {pid} failed to boot")));
+            actions.push(Action::Log(Level::Error, format!("worker {pid} failed to boot")));
             if self.previous.is_some() && w.generation == self.generation {
                 // The reload's new code cannot boot: keep the old workers, drop the reload.
                 let previous = self.previous.take().unwrap_or(0);
-                actions.push(Action::Log("reload failed: new workers cannot boot; the old ones keep serving".into()));
+                actions.push(Action::Log(
+                    Level::Error,
+                    "reload failed: new workers cannot boot; the old ones keep serving".into(),
+                ));
                 let doomed: Vec<i32> = self.pids_of(self.generation).collect();
                 for pid in doomed {
                     self.retire(pid, now, actions);
@@ -375,7 +388,7 @@ impl Arbiter {
             self.failed_once(now, actions);
             return;
         }
-        actions.push(Action::Log(format!("worker {pid} exited with status {code}; replacing it")));
+        actions.push(Action::Log(Level::Error, format!("worker {pid} exited with status {code}; replacing it")));
         if booting || now.duration_since(w.spawned) < FAST_CRASH {
             self.failed_once(now, actions);
         }
@@ -386,14 +399,17 @@ impl Arbiter {
         self.failures += 1;
         let backoff = FIRST_BACKOFF.saturating_mul(1 << self.failures.min(16).saturating_sub(1)).min(MAX_BACKOFF);
         if self.failures > 1 {
-            actions.push(Action::Log(format!("{} failures in a row: next worker in {backoff:?}", self.failures)));
+            actions.push(Action::Log(
+                Level::Error,
+                format!("{} failures in a row: next worker in {backoff:?}", self.failures),
+            ));
         }
         self.resume_at = Some(now + backoff);
     }
 
     /// The service cannot go on: stop every worker, and report why once they are gone.
     fn fail(&mut self, why: &str, now: Instant, actions: &mut Vec<Action>) {
-        actions.push(Action::Log(format!("stopping: {why}")));
+        actions.push(Action::Log(Level::Info, format!("stopping: {why}")));
         self.failed = Some(why.to_string());
         self.stopping = Some(Some(now + self.grace));
         let pids: Vec<i32> = self.workers.keys().copied().collect();
@@ -408,7 +424,7 @@ impl Arbiter {
             if let State::Stopping { deadline, killed: false } = w.state {
                 if now >= deadline {
                     w.state = State::Stopping { deadline, killed: true };
-                    actions.push(Action::Log(format!("worker {pid} did not stop in time: killing it")));
+                    actions.push(Action::Log(Level::Warn, format!("worker {pid} did not stop in time: killing it")));
                     actions.push(Action::Signal { pid, sig: Sig::Kill });
                 }
             }
@@ -482,7 +498,7 @@ mod tests {
                             queue.push(Event::Spawned { pid: self.next_pid, generation });
                         }
                         Action::Signal { pid, sig } => self.signals.push((pid, sig)),
-                        Action::Log(l) => self.log.push(l),
+                        Action::Log(_, l) => self.log.push(l),
                         Action::Serving => self.serving += 1,
                         Action::Done(r) => self.done = Some(r),
                     }

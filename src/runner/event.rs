@@ -17,6 +17,7 @@ use crate::conn::{Conn, Mode, ServeContext, Step};
 use crate::environ::RunnerFlags;
 use crate::error::Result;
 use crate::http::session::BufferPool;
+use crate::logging::Level;
 use crate::net::{Listeners, Stream};
 use crate::server::MAX_LISTENERS;
 
@@ -192,7 +193,7 @@ impl Runner for EventLoop {
             match std::thread::Builder::new().name(format!("sgi-offload-{i}")).spawn(move || offload(&queue)) {
                 Ok(h) => offloads.push(h),
                 Err(e) if offloads.is_empty() => return Err(e.into()),
-                Err(e) => ctx.config.log(&format!("cannot start offload thread {i}: {e}")),
+                Err(e) => ctx.config.log(Level::Error, &format!("cannot start offload thread {i}: {e}")),
             }
         }
         let mut handles = Vec::with_capacity(self.loops);
@@ -219,7 +220,7 @@ impl Runner for EventLoop {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     running.done();
-                    ctx.config.log(&format!("cannot start event loop {i}: {e}"));
+                    ctx.config.log(Level::Error, &format!("cannot start event loop {i}: {e}"));
                     first_error.get_or_insert(e);
                 }
             }
@@ -241,7 +242,7 @@ impl Runner for EventLoop {
         // A loop ends only once its connections have all come back from the offload threads.
         queue.close();
         if *count > 0 {
-            ctx.config.log(&format!("graceful timeout: abandoning {} event loop(s)", *count));
+            ctx.config.log(Level::Warn, &format!("graceful timeout: abandoning {} event loop(s)", *count));
             return Ok(());
         }
         drop(count);
@@ -339,7 +340,7 @@ impl EventLoopThread {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                self.ctx.config.log(&format!("event loop stopping: {e}"));
+                self.ctx.config.log(Level::Error, &format!("event loop stopping: {e}"));
                 self.ctx.shutdown.shutdown();
                 return Err(e);
             }

@@ -10,6 +10,7 @@ use super::Runner;
 use crate::conn::serve_connection;
 use crate::environ::RunnerFlags;
 use crate::error::{Error, Result};
+use crate::logging::Level;
 use crate::sys::unix::{self, process, signal, WakePipe};
 
 /// Default for [`Forking::new`]'s maximum of live children.
@@ -81,7 +82,7 @@ impl Runner for Forking {
         let reap = |children: &mut HashSet<libc::pid_t>| {
             process::reap(|exit| {
                 if children.remove(&exit.pid) && exit.code() != 0 {
-                    ctx.config.log(&format!("child {} exited with status {}", exit.pid, exit.code()));
+                    ctx.config.log(Level::Warn, &format!("child {} exited with status {}", exit.pid, exit.code()));
                 }
             })
         };
@@ -106,7 +107,7 @@ impl Runner for Forking {
                     drop(stream);
                 }
                 Err(e) => {
-                    ctx.config.log(&format!("fork failed: {e}"));
+                    ctx.config.log(Level::Error, &format!("fork failed: {e}"));
                     drop(stream);
                 }
             }
@@ -122,7 +123,7 @@ impl Runner for Forking {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                ctx.config.log(&format!("graceful timeout: killing {} child(ren)", children.len()));
+                ctx.config.log(Level::Warn, &format!("graceful timeout: killing {} child(ren)", children.len()));
                 for &pid in &children {
                     process::kill(pid, libc::SIGKILL);
                 }

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use crate::conn::ServeContext;
 use crate::environ::RunnerFlags;
 use crate::error::{Error, Result};
+use crate::logging::Level;
 use crate::net::{Listeners, Local, Stream};
 use crate::sys::unix::{self, WakePipe};
 
@@ -138,7 +139,7 @@ impl AcceptGate {
     /// `accept` succeeded.
     pub(crate) fn accepted(&mut self, ctx: &ServeContext) {
         if let Some(since) = self.failing_since.take() {
-            ctx.config.log(&format!("accepting connections again after {:.1?}", since.elapsed()));
+            ctx.config.log(Level::Info, &format!("accepting connections again after {:.1?}", since.elapsed()));
         }
         self.pause = FIRST_ACCEPT_PAUSE;
     }
@@ -157,7 +158,10 @@ impl AcceptGate {
                 let now = Instant::now();
                 if self.failing_since.is_none() {
                     self.failing_since = Some(now);
-                    ctx.config.log(&format!("cannot accept connections: {e}; pausing accepts until some close"));
+                    ctx.config.log(
+                        Level::Error,
+                        &format!("cannot accept connections: {e}; pausing accepts until some close"),
+                    );
                 }
                 self.resume_at = Some(now + self.pause);
                 self.pause = (self.pause * 2).min(MAX_ACCEPT_PAUSE);

@@ -17,6 +17,7 @@ use crate::conn::{Conn, Mode, ServeContext, Step};
 use crate::environ::RunnerFlags;
 use crate::error::Result;
 use crate::http::session::BufferPool;
+use crate::logging::Level;
 use crate::net::{Listeners, Stream};
 use crate::server::MAX_LISTENERS;
 
@@ -241,7 +242,7 @@ impl Runner for ThreadPool {
                         shared.queue.close();
                         return Err(e.into());
                     }
-                    ctx.config.log(&format!("cannot start worker thread {i}: {e}"));
+                    ctx.config.log(Level::Error, &format!("cannot start worker thread {i}: {e}"));
                 }
             }
         }
@@ -260,7 +261,7 @@ impl Runner for ThreadPool {
         drop(running);
         let result = shared.poller.try_lock().ok().and_then(|mut p| p.error.take()).map_or(Ok(()), Err);
         if busy > 0 {
-            ctx.config.log(&format!("graceful timeout: abandoning {busy} busy worker(s)"));
+            ctx.config.log(Level::Warn, &format!("graceful timeout: abandoning {busy} busy worker(s)"));
             shared.queue.close();
             return result;
         }
@@ -376,7 +377,7 @@ impl Poller {
 
     /// Records a fatal error and stops the pool.
     fn fail(&mut self, shared: &Shared, error: crate::Error) {
-        shared.ctx.config.log(&format!("pool stopping: {error}"));
+        shared.ctx.config.log(Level::Error, &format!("pool stopping: {error}"));
         self.error = Some(error);
         shared.ctx.shutdown.shutdown();
     }

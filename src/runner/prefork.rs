@@ -20,6 +20,7 @@ use crate::conn::panic_message;
 use crate::environ::{Environ, RunnerFlags};
 use crate::error::{Error, Result};
 use crate::handler::{BoxError, Handler, Response, StartResponse};
+use crate::logging::Level;
 use crate::net::Listeners;
 use crate::shutdown::ShutdownHandle;
 use crate::sys::unix::process::SharedWords;
@@ -278,7 +279,7 @@ impl Master {
                             let event = match self.spawn() {
                                 Ok(pid) => Event::Spawned { pid, generation },
                                 Err(e) => {
-                                    self.config.log(&format!("cannot fork a worker: {e}"));
+                                    self.config.log(Level::Error, &format!("cannot fork a worker: {e}"));
                                     Event::SpawnFailed
                                 }
                             };
@@ -289,7 +290,7 @@ impl Master {
                         Action::Signal { pid, sig } => {
                             process::kill(pid, if sig == Sig::Term { libc::SIGTERM } else { libc::SIGKILL })
                         }
-                        Action::Log(line) => self.config.log(&line),
+                        Action::Log(level, line) => self.config.log(level, &line),
                         Action::Serving => {
                             if let Some(ready) = self.ready.take() {
                                 ready();
@@ -312,7 +313,7 @@ impl Master {
                     self.new_master = None;
                     let line =
                         format!("the new master {} exited with status {}: upgrade abandoned", exit.pid, exit.code());
-                    self.config.log(&line);
+                    self.config.log(Level::Warn, &line);
                     if let Some(upgrade) = &mut self.upgrade {
                         upgrade.abandon();
                     }
@@ -376,22 +377,24 @@ impl Master {
     /// listeners. From then on this master leaves the Unix socket files to the new one.
     fn start_new_master(&mut self) {
         if self.new_master.is_some() || self.arbiter.is_stopping() {
-            self.config.log("binary upgrade refused: one is under way, or the master is stopping");
+            self.config.log(Level::Warn, "binary upgrade refused: one is under way, or the master is stopping");
             return;
         }
         let Some(upgrade) = &mut self.upgrade else {
-            self.config.log("binary upgrade refused: the server was not started by sgi::Options");
+            self.config.log(Level::Warn, "binary upgrade refused: the server was not started by sgi::Options");
             return;
         };
         match upgrade.start() {
             Ok(pid) => {
-                self.config.log(&format!("binary upgrade: new master {pid} started"));
+                self.config.log(Level::Info, &format!("binary upgrade: new master {pid} started"));
                 self.new_master = Some(pid);
                 if let Some(kit) = self.worker.take() {
                     self.worker = Some(WorkerKit { listeners: kit.listeners.without_files(), ..kit });
                 }
             }
-            Err(e) => self.config.log(&format!("binary upgrade failed: cannot start the new master: {e}")),
+            Err(e) => {
+                self.config.log(Level::Error, &format!("binary upgrade failed: cannot start the new master: {e}"))
+            }
         }
     }
 
@@ -490,7 +493,7 @@ fn worker(kit: WorkerKit, config: &Arc<Config>, flags: RunnerFlags, mut status: 
         },
     });
     let handler = handler.unwrap_or_else(|why| {
-        config.log(&format!("worker {pid} cannot boot: {why}"));
+        config.log(Level::Error, &format!("worker {pid} cannot boot: {why}"));
         process::exit_now(BOOT_ERROR);
     });
     let served = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
@@ -528,17 +531,18 @@ fn worker(kit: WorkerKit, config: &Arc<Config>, flags: RunnerFlags, mut status: 
     }));
     if let Some(hook) = &hooks.before_exit {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook())) {
-            config.log(&format!("worker {pid}: the before-exit hook panicked: {}", panic_message(&*panic)));
+            config
+                .log(Level::Error, &format!("worker {pid}: the before-exit hook panicked: {}", panic_message(&*panic)));
         }
     }
     let code = match served {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
-            config.log(&format!("worker {pid} stopped: {e}"));
+            config.log(Level::Error, &format!("worker {pid} stopped: {e}"));
             WORKER_FAILED
         }
         Err(panic) => {
-            config.log(&format!("worker {pid} panicked: {}", panic_message(&*panic)));
+            config.log(Level::Error, &format!("worker {pid} panicked: {}", panic_message(&*panic)));
             WORKER_FAILED
         }
     };

@@ -9,6 +9,7 @@ use super::Runner;
 use crate::conn::serve_connection;
 use crate::environ::RunnerFlags;
 use crate::error::Result;
+use crate::logging::Level;
 use crate::sys::unix::{self, WakePipe};
 
 /// One thread per connection, at most `max_connections` at a time.
@@ -89,7 +90,7 @@ impl Runner for Threaded {
                     serve_connection(stream, peer, &local, &conn_ctx);
                 });
                 if let Err(e) = spawned {
-                    ctx.config.log(&format!("cannot start a connection thread: {e}"));
+                    ctx.config.log(Level::Error, &format!("cannot start a connection thread: {e}"));
                 }
             },
         )?;
@@ -101,7 +102,7 @@ impl Runner for Threaded {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let n = live.load(Ordering::SeqCst);
-                ctx.config.log(&format!("graceful timeout: abandoning {n} connection(s)"));
+                ctx.config.log(Level::Warn, &format!("graceful timeout: abandoning {n} connection(s)"));
                 break;
             }
             unix::wait_readable(&[freed.read_fd()], Some(left))?;

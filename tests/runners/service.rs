@@ -502,3 +502,60 @@ fn usr1_reopens_the_error_log_in_the_server_and_in_every_worker() {
         drop(server);
     }
 }
+
+#[test]
+fn the_access_log_has_each_response_as_sent_and_reopens_on_usr1() {
+    for runner in ["pool", "prefork"] {
+        let _alone = exclusive();
+        let log = temp_path("access.log");
+        let rotated = temp_path("access.log.1");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = spawn_quiet(
+            Command::new(example("stream"))
+                .args(["--runner", runner, "--workers", "2", "--bind", &addr.to_string()])
+                .args(["--access-logformat", r#"%(s)s "%(r)s" %(B)s %(D)s "%(a)s""#, "--access-logfile"])
+                .arg(&log),
+        );
+        let server = Started(child.id());
+        let url = format!("http://{addr}/ticks?n=1");
+        let curl = || {
+            let out = Command::new("curl").args(["-sS", "-N", "-A", "probe/1", &url]).output().expect("curl runs");
+            assert!(out.status.success(), "{runner}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()), "{runner}: serves");
+        assert_eq!(curl().lines().count(), 10);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"NOT HTTP\r\n\r\n").unwrap();
+        let _ = s.read_to_end(&mut Vec::new());
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+        assert!(wait_until(Duration::from_secs(5), || read(&log).lines().count() >= 2), "{runner}: {:?}", read(&log));
+        let text = read(&log);
+        let lines: Vec<&str> = text.lines().collect();
+        // The stream: 71 bytes over about a second, timed to its last byte.
+        let fields: Vec<&str> = lines[0].split(' ').collect();
+        assert_eq!(&fields[..4], ["200", "\"GET", "/ticks?n=1", "HTTP/1.1\""], "{runner}: {}", lines[0]);
+        assert_eq!(fields[4], "71", "{runner}: {}", lines[0]);
+        let micros: u64 = fields[5].parse().unwrap();
+        assert!(micros >= 900_000, "{runner}: the stream took {micros} µs to its last byte, by the log");
+        assert_eq!(fields[6], "\"probe/1\"");
+        // Refused before any handler ran, with the status the client got.
+        assert!(lines[1].starts_with("400 \"NOT HTTP\" 0 "), "{runner}: {}", lines[1]);
+        assert!(lines[1].ends_with(" \"-\""), "{runner}: {}", lines[1]);
+
+        std::fs::rename(&log, &rotated).unwrap();
+        send_signal(server.0, "USR1");
+        // Each worker reopens at its next line: ask until one lands in the new file.
+        let reopened = wait_until(Duration::from_secs(15), || {
+            curl();
+            read(&log).lines().count() >= 1
+        });
+        assert!(reopened, "{runner}: nothing in the reopened access log");
+        // Lines before the signal reached a worker went to the rotated file; none were lost.
+        assert!(read(&rotated).lines().count() >= lines.len(), "{runner}: {:?}", read(&rotated));
+        stop(child);
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(&rotated);
+        drop(server);
+    }
+}
