@@ -87,6 +87,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod access_log;
+mod allow;
 mod body;
 mod config;
 mod conn;

@@ -7,4 +7,7 @@ pub(crate) mod encode;
 pub(crate) mod parse;
 #[cfg(test)]
 mod props;
+// Not wired into the connection yet.
+#[allow(dead_code)]
+pub(crate) mod proxy;
 pub(crate) mod session;
