@@ -4,6 +4,9 @@
 pub(crate) mod date;
 pub(crate) mod decode;
 pub(crate) mod encode;
+// Not wired into the environ yet.
+#[allow(dead_code)]
+pub(crate) mod forwarded;
 pub(crate) mod parse;
 #[cfg(test)]
 mod props;
