@@ -9,9 +9,26 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// A set of peers: networks, and whether Unix-socket peers are in; or everyone.
+/// A set of trusted peers: networks, and whether peers on a Unix socket are in; or everyone.
+///
+/// Used for [`Config::forwarded_allow_ips`](crate::Config::forwarded_allow_ips) (whose
+/// `X-Forwarded-*` headers are believed) and
+/// [`Config::proxy_allow_ips`](crate::Config::proxy_allow_ips) (who may send a PROXY protocol
+/// header). IPv4 peers reported as IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) match the
+/// IPv4 entries.
+///
+/// ```
+/// let proxies: sgi::AllowList = "10.0.0.0/8, fd00::/8, unix".parse()?;
+/// assert!(proxies.contains(Some("10.1.2.3".parse().unwrap())));
+/// assert!(proxies.contains(Some("::ffff:10.1.2.3".parse().unwrap())));
+/// assert!(proxies.contains(None)); // a peer on a Unix socket
+/// assert!(!proxies.contains(Some("192.0.2.1".parse().unwrap())));
+/// assert_eq!(proxies.to_string(), "10.0.0.0/8,fd00::/8,unix");
+/// assert!("10.0.0.1/8".parse::<sgi::AllowList>().is_err()); // host bits set: a typo
+/// # Ok::<(), sgi::AllowListError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct AllowList {
+pub struct AllowList {
     everyone: bool,
     unix: bool,
     nets: Vec<Net>,
@@ -31,17 +48,19 @@ struct Net {
 const MAPPED: u128 = 0xffff << 32;
 
 impl AllowList {
-    pub(crate) fn nobody() -> AllowList {
+    /// No peer at all.
+    pub fn nobody() -> AllowList {
         AllowList { everyone: false, unix: false, nets: Vec::new() }
     }
 
-    pub(crate) fn everyone() -> AllowList {
+    /// Every peer, Unix-socket ones included (`*`).
+    pub fn everyone() -> AllowList {
         AllowList { everyone: true, unix: true, nets: Vec::new() }
     }
 
     /// `127.0.0.1,::1,unix`: gunicorn's default for `forwarded_allow_ips`, which has always trusted
     /// the headers of a peer on a Unix socket (only a local proxy can be there).
-    pub(crate) fn loopback_and_unix() -> AllowList {
+    pub fn loopback_and_unix() -> AllowList {
         let nets = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]
             .map(|ip| Net { bits: to_bits(ip), prefix: 128 })
             .to_vec();
@@ -55,7 +74,7 @@ impl AllowList {
     /// # Errors
     ///
     /// The first bad item, quoted, and why: `"10.0.0.0/33": prefix longer than 32`.
-    pub(crate) fn parse(spec: &str) -> Result<AllowList, String> {
+    pub fn parse(spec: &str) -> Result<AllowList, AllowListError> {
         let mut list = AllowList::nobody();
         for item in spec.split(',').map(str::trim).filter(|item| !item.is_empty()) {
             if item == "*" {
@@ -63,7 +82,7 @@ impl AllowList {
             } else if item.eq_ignore_ascii_case("unix") {
                 list.unix = true;
             } else {
-                list.nets.push(Net::parse(item).map_err(|why| format!("{item:?}: {why}"))?);
+                list.nets.push(Net::parse(item).map_err(|why| AllowListError(format!("{item:?}: {why}")))?);
             }
         }
         // One form for everyone, so that equal sets compare equal and display as `*`.
@@ -71,7 +90,7 @@ impl AllowList {
     }
 
     /// Whether a peer is in; `None` is a peer on a Unix socket.
-    pub(crate) fn contains(&self, ip: Option<IpAddr>) -> bool {
+    pub fn contains(&self, ip: Option<IpAddr>) -> bool {
         match ip {
             _ if self.everyone => true,
             None => self.unix,
@@ -80,6 +99,19 @@ impl AllowList {
                 self.nets.iter().any(|net| net.contains(bits))
             }
         }
+    }
+}
+
+/// A list [`AllowList::parse`] refused: the bad item, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AllowListError(String);
+
+impl std::str::FromStr for AllowList {
+    type Err = AllowListError;
+
+    fn from_str(spec: &str) -> Result<AllowList, AllowListError> {
+        AllowList::parse(spec)
     }
 }
 
@@ -220,7 +252,7 @@ mod tests {
             ("*, nope", r#""nope": not an IP address, a network, "*" or "unix""#),
         ];
         for (spec, error) in cases {
-            assert_eq!(AllowList::parse(spec), Err(error.to_string()), "{spec}");
+            assert_eq!(AllowList::parse(spec), Err(AllowListError(error.to_string())), "{spec}");
         }
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access_log::AccessLog;
+use crate::allow::AllowList;
 use crate::logging::{Level, LeveledLog, Sink, Target};
 
 /// Default for [`Config::max_request_line`]: 8 KiB, like nginx and Apache (`LimitRequestLine 8190`).
@@ -81,6 +82,9 @@ pub struct Config {
     pub(crate) script_name: Box<str>,
     pub(crate) url_scheme: Box<str>,
     pub(crate) keep_underscore_headers: bool,
+    pub(crate) forwarded_allow_ips: AllowList,
+    pub(crate) trust_forwarded_header: bool,
+    pub(crate) proxy_allow_ips: AllowList,
     pub(crate) error_log: Sink,
     pub(crate) access_log: Option<Arc<AccessLog>>,
 }
@@ -108,6 +112,9 @@ impl Default for Config {
             script_name: "".into(),
             url_scheme: "http".into(),
             keep_underscore_headers: false,
+            forwarded_allow_ips: AllowList::loopback_and_unix(),
+            trust_forwarded_header: false,
+            proxy_allow_ips: AllowList::loopback_and_unix(),
             error_log: Sink::Default,
             access_log: None,
         }
@@ -137,6 +144,9 @@ impl fmt::Debug for Config {
             .field("script_name", &self.script_name)
             .field("url_scheme", &self.url_scheme)
             .field("keep_underscore_headers", &self.keep_underscore_headers)
+            .field("forwarded_allow_ips", &self.forwarded_allow_ips.to_string())
+            .field("trust_forwarded_header", &self.trust_forwarded_header)
+            .field("proxy_allow_ips", &self.proxy_allow_ips.to_string())
             .field("access_log", &self.access_log)
             .finish_non_exhaustive()
     }
@@ -296,6 +306,43 @@ impl Config {
     /// `X-Forwarded-For` and could spoof it. Default: `false`.
     pub fn keep_underscore_headers(mut self, keep: bool) -> Config {
         self.keep_underscore_headers = keep;
+        self
+    }
+
+    /// The proxies whose word on the client is believed (gunicorn's `forwarded_allow_ips`):
+    /// from a peer in `list`, `X-Forwarded-For` sets `REMOTE_ADDR` (the rightmost address not
+    /// itself in `list`; `REMOTE_PORT` is then the port given with it, or 0) and
+    /// `X-Forwarded-Proto` (or `X-Forwarded-Protocol: ssl`, `X-Forwarded-Ssl: on`) sets
+    /// `wsgi.url_scheme`; scheme headers that contradict each other are refused with 400. The
+    /// fields stay in the environ, and any other peer's are left as they came. Default:
+    /// `127.0.0.1`, `::1` and peers on a Unix socket, as gunicorn; [`AllowList::nobody`]
+    /// believes no one.
+    ///
+    /// ```
+    /// let config = sgi::Config::new().forwarded_allow_ips("10.0.0.0/8,unix".parse()?);
+    /// # let _ = config;
+    /// # Ok::<(), sgi::AllowListError>(())
+    /// ```
+    pub fn forwarded_allow_ips(mut self, list: AllowList) -> Config {
+        self.forwarded_allow_ips = list;
+        self
+    }
+
+    /// Whether a trusted proxy's RFC 7239 `Forwarded` header is believed too (before
+    /// `X-Forwarded-*`, when well formed). Default: `false`, because a proxy that sets
+    /// `X-Forwarded-For` passes a client's own `Forwarded` along unless told to drop it (nginx
+    /// does): turn it on behind a proxy that sets or strips `Forwarded`.
+    pub fn trust_forwarded_header(mut self, trust: bool) -> Config {
+        self.trust_forwarded_header = trust;
+        self
+    }
+
+    /// The peers allowed to send a PROXY protocol header, on listeners that expect one
+    /// ([`Server::proxy_protocol`](crate::Server::proxy_protocol)); a connection from anyone
+    /// else is refused with 400 (gunicorn's `proxy_allow_ips`). Default: `127.0.0.1`, `::1`
+    /// and peers on a Unix socket.
+    pub fn proxy_allow_ips(mut self, list: AllowList) -> Config {
+        self.proxy_allow_ips = list;
         self
     }
 

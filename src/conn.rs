@@ -80,7 +80,6 @@ pub(crate) struct Conn<S> {
     stream: S,
     session: Session,
     ctx: Arc<ServeContext>,
-    peer: Option<SocketAddr>,
     /// A request the poller found, for the worker that takes the connection.
     ready: Option<RequestHead>,
     body: Option<Body>,
@@ -95,14 +94,10 @@ impl<S: Transport> Conn<S> {
         ctx: Arc<ServeContext>,
         buffered_body: u64,
     ) -> Conn<S> {
-        let info = ConnInfo {
-            server_name: local.name.clone(),
-            server_port: local.port.clone(),
-            remote_addr: peer.map_or_else(Default::default, |p| p.ip().to_string().into()),
-            remote_port: peer.map_or_else(Default::default, |p| p.port().to_string().into()),
-        };
+        let mut info = ConnInfo::new(local.name.clone(), local.port.clone(), peer);
+        info.expect_proxy_header = local.proxy_protocol;
         let session = Session::new(Arc::clone(&ctx.config), info, buffered_body, Instant::now());
-        Conn { stream, session, ctx, peer, ready: None, body: None }
+        Conn { stream, session, ctx, ready: None, body: None }
     }
 
     /// When the connection next needs attention if its socket stays quiet.
@@ -232,7 +227,7 @@ impl<S: Transport> Conn<S> {
         let mut source = HandlerInput { stream: &mut self.stream, session: &mut self.session };
         let has_body = req.framing != Framing::Empty;
         let input = Input::new(if has_body { Some(&mut source as &mut dyn BodySource) } else { None });
-        let mut env = Environ::new(vars, input, &ctx.config, self.peer, ctx.flags);
+        let mut env = Environ::new(vars, input, &ctx.config, ctx.flags);
         // Sound to assert: after a panic the environ and the response are dropped, never observed.
         let result =
             catch_unwind(AssertUnwindSafe(|| ctx.handler.call(&mut env, StartResponse::new(&mut head_storage))));

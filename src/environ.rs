@@ -33,6 +33,9 @@ pub(crate) struct Vars {
     /// The entries every request of a connection starts with, kept from one request to the next
     /// (see [`Vars::reuse_template`]).
     template: Template,
+    /// Template entries this request gave another value ([`Vars::override_value`]), with
+    /// their template values, put back for the next request.
+    overridden: Vec<(usize, Slot)>,
 }
 
 /// What a template is for: the addresses of the configuration and connection facts its values
@@ -57,6 +60,7 @@ impl Vars {
         self.fingerprint_bits = 0;
         self.fields_from = 0;
         self.template = Template::default();
+        self.overridden.clear();
     }
 
     /// Starts the variables of a request on a connection: if the template marked by
@@ -72,6 +76,9 @@ impl Vars {
         }
         self.arena.truncate(t.arena);
         self.entries.truncate(t.entries);
+        for (index, value) in self.overridden.drain(..) {
+            self.entries[index].1 = value;
+        }
         self.fingerprints.clear();
         self.fingerprint_bits = 0;
         self.fields_from = t.entries;
@@ -92,6 +99,17 @@ impl Vars {
         if index < self.template.entries {
             self.template = Template::default();
         }
+    }
+
+    /// Gives entry `index` the value `write` appends, for this request alone: a template entry
+    /// (a trusted proxy's word on the client's address) gets its template value back at the
+    /// next [`Vars::reuse_template`], so the template stays one.
+    pub(crate) fn override_with(&mut self, index: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        if index < self.template.entries && !self.overridden.iter().any(|&(i, _)| i == index) {
+            self.overridden.push((index, self.entries[index].1));
+        }
+        let value = self.key_with(write);
+        self.entries[index].1 = value;
     }
 
     /// Sets the value of entry `index`.
@@ -298,7 +316,6 @@ pub struct Environ<'c> {
     vars: Vars,
     input: Input<'c>,
     config: &'c Config,
-    peer: Option<SocketAddr>,
     flags: RunnerFlags,
     extensions: Extensions,
 }
@@ -314,14 +331,8 @@ impl fmt::Debug for Environ<'_> {
 }
 
 impl<'c> Environ<'c> {
-    pub(crate) fn new(
-        vars: Vars,
-        input: Input<'c>,
-        config: &'c Config,
-        peer: Option<SocketAddr>,
-        flags: RunnerFlags,
-    ) -> Environ<'c> {
-        Environ { vars, input, config, peer, flags, extensions: Extensions::default() }
+    pub(crate) fn new(vars: Vars, input: Input<'c>, config: &'c Config, flags: RunnerFlags) -> Environ<'c> {
+        Environ { vars, input, config, flags, extensions: Extensions::default() }
     }
 
     /// Gives the variable storage back to the connection for the next request.
@@ -409,9 +420,13 @@ impl<'c> Environ<'c> {
         })
     }
 
-    /// The peer's address, for TCP connections (`REMOTE_ADDR` and `REMOTE_PORT` as a value).
+    /// The client's address, `REMOTE_ADDR` and `REMOTE_PORT` as a value: the TCP peer, or the
+    /// client a trusted proxy named (its port 0 when the proxy gave none); `None` for a Unix
+    /// socket peer.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.peer
+        let ip = self.get("REMOTE_ADDR")?.parse().ok()?;
+        let port = self.get("REMOTE_PORT").and_then(|p| p.parse().ok()).unwrap_or(0);
+        Some(SocketAddr::new(ip, port))
     }
 
     /// `wsgi.url_scheme`: `"http"` unless configured or rewritten by a middleware.

@@ -68,6 +68,12 @@ pub enum ParseError {
     Timeout,
     /// The path falls outside the configured `SCRIPT_NAME` mount point.
     OutsideMount,
+    /// A trusted proxy's scheme headers contradict each other (`X-Forwarded-Proto: https` with
+    /// `X-Forwarded-Ssl: off`, for example): gunicorn's `InvalidSchemeHeaders`.
+    ContradictorySchemeHeaders,
+    /// A listener that expects the PROXY protocol got no valid header, or one from a peer not
+    /// allowed to send it.
+    ProxyProtocol,
 }
 
 impl ParseError {
@@ -88,6 +94,7 @@ impl ParseError {
             Timeout => 408,
             Expectation => 417,
             OutsideMount => 404,
+            ContradictorySchemeHeaders | ProxyProtocol => 400,
             Malformed
             | BareLineEnding
             | HeaderName
@@ -138,6 +145,8 @@ impl ParseError {
             IncompleteBody => "incomplete request body",
             Timeout => "request timed out",
             OutsideMount => "path outside the application mount point",
+            ContradictorySchemeHeaders => "contradictory scheme headers",
+            ProxyProtocol => "invalid PROXY protocol header",
         }
     }
 }

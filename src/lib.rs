@@ -111,6 +111,7 @@ mod shutdown;
 mod sys;
 
 pub use access_log::{AccessLog, AccessLogFormatError, DEFAULT_ACCESS_LOG_FORMAT};
+pub use allow::{AllowList, AllowListError};
 pub use body::Body;
 pub use config::{
     Config, ErrorLog, DEFAULT_BODY_TIMEOUT, DEFAULT_BUFFERED_BODY, DEFAULT_DRAIN_LIMIT, DEFAULT_GRACEFUL_TIMEOUT,

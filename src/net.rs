@@ -19,11 +19,13 @@ pub(crate) enum Listener {
     Unix(UnixListener, Option<PathBuf>),
 }
 
-/// What requests on one listener see of it: `SERVER_NAME` and `SERVER_PORT`.
+/// What requests on one listener see of it: `SERVER_NAME` and `SERVER_PORT`; and whether its
+/// connections begin with a PROXY protocol header.
 #[derive(Debug, Clone)]
 pub(crate) struct Local {
     pub(crate) name: Box<str>,
     pub(crate) port: Box<str>,
+    pub(crate) proxy_protocol: bool,
 }
 
 /// The listening sockets of one server, served together, each with what its requests see of it.
@@ -45,13 +47,14 @@ impl Listeners {
         self
     }
 
-    pub(crate) fn new(listeners: Vec<Listener>) -> io::Result<Listeners> {
+    /// Each listener with whether it expects a PROXY protocol header.
+    pub(crate) fn new(listeners: Vec<(Listener, bool)>) -> io::Result<Listeners> {
         let listeners = listeners
             .into_iter()
-            .map(|l| {
+            .map(|(l, proxy_protocol)| {
                 l.set_nonblocking(true)?;
                 let (name, port) = l.server_name_and_port()?;
-                Ok((l, Local { name: name.into(), port: port.into() }))
+                Ok((l, Local { name: name.into(), port: port.into(), proxy_protocol }))
             })
             .collect::<io::Result<_>>()?;
         Ok(Listeners { listeners })

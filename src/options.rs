@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::access_log::AccessLog;
+use crate::allow::AllowListError;
 use crate::config::Config;
 use crate::error::{BindError, Error};
 use crate::handler::{BoxError, Handler};
@@ -315,6 +316,10 @@ const SPECS: &[Spec] = &[
     opt("error-logfile", "PATH", "-", "where the server's error log goes (-: stderr); appended to, reopened on USR1"),
     opt("access-logfile", "PATH", "none", "write an access log line per response to PATH (-: stdout); appended to, reopened on USR1"),
     opt("access-logformat", "FORMAT", r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#, "the access log's format, in gunicorn's codes (see the README's table)"),
+    opt("forwarded-allow-ips", "LIST", "127.0.0.1,::1,unix", "peers whose X-Forwarded-For and X-Forwarded-Proto are believed: addresses, networks (10.0.0.0/8), unix (Unix socket peers), * (anyone) or nothing"),
+    flag("trust-forwarded-header", "also believe those peers' RFC 7239 Forwarded header (only behind a proxy that sets or strips it)"),
+    flag("proxy-protocol", "every listener expects a PROXY protocol header (v1 or v2) before the first request of each connection"),
+    opt("proxy-allow-from", "LIST", "127.0.0.1,::1,unix", "peers allowed to send a PROXY protocol header, in --forwarded-allow-ips' syntax"),
     flag("check-config", "check the options and exit: 0 if they can be used, 2 if not"),
     short(flag("version", "print the version and exit"), 'v'),
     short(flag("help", "print this help and exit"), 'h'),
@@ -459,6 +464,7 @@ struct Settings {
     error_logfile: Option<PathBuf>,
     /// `None` for standard output.
     access_logfile: Option<Option<PathBuf>>,
+    proxy_protocol: bool,
     backlog: i32,
     reload: bool,
     reload_extra_files: Vec<PathBuf>,
@@ -531,6 +537,7 @@ impl Settings {
         Ok(Settings {
             binds,
             access_logfile,
+            proxy_protocol: raw.flag("proxy-protocol")?,
             help: raw.flag("help")?,
             version: raw.flag("version")?,
             check_config: raw.flag("check-config")?,
@@ -641,6 +648,21 @@ impl Settings {
         if let Some(path) = &self.error_logfile {
             let log = log_file(path).map_err(|e| OptionsError::new(raw.named("error-logfile"), e))?;
             config = config.leveled_error_log(Arc::new(log));
+        }
+        if let Some(list) = raw.last("forwarded-allow-ips") {
+            let list = list
+                .parse()
+                .map_err(|e: AllowListError| OptionsError::new(raw.named("forwarded-allow-ips"), e.to_string()))?;
+            config = config.forwarded_allow_ips(list);
+        }
+        if raw.flag("trust-forwarded-header")? {
+            config = config.trust_forwarded_header(true);
+        }
+        if let Some(list) = raw.last("proxy-allow-from") {
+            let list = list
+                .parse()
+                .map_err(|e: AllowListError| OptionsError::new(raw.named("proxy-allow-from"), e.to_string()))?;
+            config = config.proxy_allow_ips(list);
         }
         if let Some(target) = &self.access_logfile {
             let log = match target {
@@ -940,7 +962,8 @@ fn start(
         let upgrade = (runner.name() == "prefork").then(|| Reexec::new(&listeners, pidfile.clone())).transpose()?;
         // USR1 reopens the log files (the prefork master forwards it to its workers).
         signal::handle_reopen_signal()?;
-        let mut server = Server::from_listeners(listeners)?.config(config).runner(runner);
+        let mut server =
+            Server::from_listeners(listeners)?.config(config).runner(runner).proxy_protocol(settings.proxy_protocol);
         if let Some(upgrade) = upgrade {
             server = server.upgrader(Box::new(upgrade));
         }
@@ -1146,6 +1169,11 @@ mod tests {
             (&["--umask", "999"], &[], "--umask"),
             (&["--pidfile="], &[], "--pidfile"),
             (&["--error-logfile", "/nonexistent-dir/x.log"], &[], "--error-logfile"),
+            (&["--access-logfile", "/nonexistent-dir/x.log"], &[], "--access-logfile"),
+            (&["--access-logformat", "%(h)s %(nope)s"], &[], "--access-logformat"),
+            (&["--forwarded-allow-ips", "10.0.0.1/8"], &[], "--forwarded-allow-ips"),
+            (&[], &[("SGI_PROXY_ALLOW_FROM", "not-an-ip")], "SGI_PROXY_ALLOW_FROM"),
+            (&["--proxy-protocol=on"], &[], "--proxy-protocol"),
             (&["--daemon=yes"], &[], "--daemon"),
             (&[], &[("SGI_DAEMON", "maybe")], "SGI_DAEMON"),
             (&["--frobnicate"], &[], "--frobnicate"),

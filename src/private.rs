@@ -26,12 +26,7 @@ impl HeadParser {
     /// A parser with the default configuration and a fixed connection (127.0.0.1:8000 from
     /// 127.0.0.1:50000).
     pub fn new() -> HeadParser {
-        let info = ConnInfo {
-            server_name: "127.0.0.1".into(),
-            server_port: "8000".into(),
-            remote_addr: "127.0.0.1".into(),
-            remote_port: "50000".into(),
-        };
+        let info = ConnInfo::new("127.0.0.1".into(), "8000".into(), "127.0.0.1:50000".parse().ok());
         HeadParser { info, ..HeadParser::default() }
     }
 

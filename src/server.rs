@@ -34,6 +34,8 @@ pub const MAX_LISTENERS: usize = 32;
 pub struct Server {
     /// Served together; never empty.
     listeners: Vec<Listener>,
+    /// Which of `listeners` expect a PROXY protocol header (missing entries: not).
+    proxied: Vec<bool>,
     config: Config,
     runner: Box<dyn Runner>,
     shutdown: ShutdownHandle,
@@ -186,6 +188,7 @@ impl Server {
     fn with_listener(listener: Listener) -> Result<Server> {
         Ok(Server {
             listeners: vec![listener],
+            proxied: Vec::new(),
             config: Config::default(),
             runner: Box::new(ThreadPool::default()),
             shutdown: ShutdownHandle::new()?,
@@ -207,6 +210,29 @@ impl Server {
     /// The TCP addresses of every TCP listener, in the order they were added.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// Whether the listeners this server has so far expect the PROXY protocol (v1 or v2, as
+    /// HAProxy, stunnel and cloud network load balancers send it) before the first request of
+    /// each connection: the client's and the server's addresses it carries become
+    /// `REMOTE_ADDR`, `REMOTE_PORT`, `SERVER_NAME` and `SERVER_PORT` (a `LOCAL` or `UNKNOWN`
+    /// header keeps the connection's own). A connection without a valid header, or from a peer
+    /// not in [`Config::proxy_allow_ips`], is refused with 400. Listeners added afterwards do not
+    /// expect it, so one server can serve a proxy and direct clients:
+    ///
+    /// ```
+    /// # fn main() -> Result<(), sgi::Error> {
+    /// let server = sgi::Server::listen("127.0.0.1:0")? // behind HAProxy
+    ///     .proxy_protocol(true)
+    ///     .also_listen("127.0.0.1:0")?; // health checks, straight
+    /// # let _ = server;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Default: no listener expects it.
+    pub fn proxy_protocol(mut self, on: bool) -> Server {
+        self.proxied = vec![on; self.listeners.len()];
+        self
     }
 
     /// Sets the limits, timeouts and identity. Default: [`Config::default`].
@@ -325,7 +351,9 @@ impl Server {
     }
 
     pub(crate) fn serve_app(self, app: App) -> Result<()> {
-        let listeners = Listeners::new(self.listeners)?;
+        let mut proxied = self.proxied;
+        proxied.resize(self.listeners.len(), false);
+        let listeners = Listeners::new(self.listeners.into_iter().zip(proxied).collect())?;
         let _signals = if self.handle_signals { Some(self.shutdown.handle_signals()?) } else { None };
         let serving = Serving {
             listeners,

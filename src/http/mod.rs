@@ -4,13 +4,9 @@
 pub(crate) mod date;
 pub(crate) mod decode;
 pub(crate) mod encode;
-// Not wired into the environ yet.
-#[allow(dead_code)]
 pub(crate) mod forwarded;
 pub(crate) mod parse;
 #[cfg(test)]
 mod props;
-// Not wired into the connection yet.
-#[allow(dead_code)]
 pub(crate) mod proxy;
 pub(crate) mod session;

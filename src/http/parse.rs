@@ -6,6 +6,8 @@ use std::mem::MaybeUninit;
 use crate::config::{Config, MAX_HEADERS_CEILING};
 use crate::environ::{Slot, Vars};
 use crate::error::ParseError;
+use crate::http::encode::extend_decimal;
+use crate::http::forwarded;
 
 /// How the request body is framed (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,28 @@ pub(crate) struct ConnInfo {
     pub server_port: Box<str>,
     pub remote_addr: Box<str>,
     pub remote_port: Box<str>,
+    /// The peer's address, `None` for a Unix socket peer: whom a proxy header must come from.
+    pub peer: Option<std::net::IpAddr>,
+    /// Whether the peer is a proxy whose `X-Forwarded-*` headers are believed
+    /// ([`Config::forwarded_allow_ips`]).
+    pub trusted_proxy: bool,
+    /// Whether the connection begins with a PROXY protocol header, not yet read.
+    pub expect_proxy_header: bool,
+}
+
+impl ConnInfo {
+    /// The facts of a connection from `peer` (`None`: a Unix socket) to `server_name:server_port`.
+    pub(crate) fn new(server_name: Box<str>, server_port: Box<str>, peer: Option<std::net::SocketAddr>) -> ConnInfo {
+        ConnInfo {
+            server_name,
+            server_port,
+            remote_addr: peer.map_or_else(Default::default, |p| p.ip().to_string().into()),
+            remote_port: peer.map_or_else(Default::default, |p| p.port().to_string().into()),
+            peer: peer.map(|p| p.ip()),
+            trusted_proxy: false,
+            expect_proxy_header: false,
+        }
+    }
 }
 
 /// Incremental search for the end of a request head.
@@ -179,6 +203,7 @@ pub(crate) fn try_parse_head(
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
+    let mut proxy_fields = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.len() + h.value.len() + 2 > config.max_header_field {
@@ -233,6 +258,7 @@ pub(crate) fn try_parse_head(
                     }
                 }
             }
+            9 | 15 | 17 | 20 if conn.trusted_proxy && is_proxy_field(name) => proxy_fields = true,
             _ => {}
         }
     }
@@ -257,6 +283,9 @@ pub(crate) fn try_parse_head(
     };
 
     write_environ(vars, config, conn, method, target, http10, req.headers)?;
+    if proxy_fields {
+        believe_proxy(vars, config, conn)?;
+    }
 
     Ok(Some(RequestHead {
         len,
@@ -266,6 +295,41 @@ pub(crate) fn try_parse_head(
         keep_alive: if http10 { keep_alive_token && !close } else { !close },
         expect_continue,
     }))
+}
+
+/// Whether `name` is one of the fields a trusted proxy tells the client's address or scheme with.
+#[inline]
+fn is_proxy_field(name: &[u8]) -> bool {
+    [&b"x-forwarded-for"[..], b"x-forwarded-proto", b"x-forwarded-ssl", b"x-forwarded-protocol", b"forwarded"]
+        .iter()
+        .any(|field| name.eq_ignore_ascii_case(field))
+}
+
+/// A trusted proxy's word on the client: `REMOTE_ADDR`, `REMOTE_PORT` (0 when it gave none) and
+/// `wsgi.url_scheme` for this request, from its `X-Forwarded-For`, `X-Forwarded-Proto` (and
+/// `-Protocol`, `-Ssl`) and, when configured, `Forwarded`. The fields themselves stay in the
+/// environ.
+fn believe_proxy(vars: &mut Vars, config: &Config, conn: &ConnInfo) -> Result<(), ParseError> {
+    let headers = forwarded::ProxyHeaders {
+        forwarded: if config.trust_forwarded_header { vars.get(b"HTTP_FORWARDED") } else { None },
+        x_forwarded_for: vars.get(b"HTTP_X_FORWARDED_FOR"),
+        x_forwarded_proto: vars.get(b"HTTP_X_FORWARDED_PROTO"),
+        x_forwarded_protocol: vars.get(b"HTTP_X_FORWARDED_PROTOCOL"),
+        x_forwarded_ssl: vars.get(b"HTTP_X_FORWARDED_SSL"),
+    };
+    let resolved = forwarded::resolve(conn.peer, &headers, |ip| config.forwarded_allow_ips.contains(ip))
+        .map_err(|_| ParseError::ContradictorySchemeHeaders)?;
+    if let Some(client) = resolved.client {
+        use std::io::Write as _;
+        vars.override_with(REMOTE_ADDR, |out| {
+            let _ = write!(out, "{}", client.ip.to_canonical());
+        });
+        vars.override_with(REMOTE_PORT, |out| extend_decimal(out, u64::from(client.port.unwrap_or(0))));
+    }
+    if let Some(https) = resolved.https {
+        vars.override_with(URL_SCHEME, |out| out.extend_from_slice(if https { b"https" } else { b"http" }));
+    }
+    Ok(())
 }
 
 /// Checks that every line of the head `buf[..len]` ends in CRLF, which httparse does not (it
@@ -300,6 +364,9 @@ const PATH_INFO: usize = 2;
 const QUERY_STRING: usize = 3;
 const RAW_URI: usize = 4;
 const SERVER_PROTOCOL: usize = 5;
+const REMOTE_ADDR: usize = 8;
+const REMOTE_PORT: usize = 9;
+const URL_SCHEME: usize = 10;
 
 fn write_environ(
     vars: &mut Vars,
@@ -631,12 +698,7 @@ mod tests {
             b"DELETE /app/? HTTP/1.1\r\nHost: x\r\n\r\n",
         ];
         for config in [Config::default(), Config::default().script_name("/app")] {
-            let conn = ConnInfo {
-                server_name: "s".into(),
-                server_port: "1".into(),
-                remote_addr: "r".into(),
-                remote_port: "2".into(),
-            };
+            let conn = ConnInfo::new("s".into(), "1".into(), "192.0.2.1:2".parse().ok());
             let mut warm = Vars::default();
             for (i, head) in heads.iter().cycle().take(3 * heads.len()).enumerate() {
                 let mut fresh = Vars::default();
@@ -644,7 +706,7 @@ mod tests {
                 let got = parse_head(head, &config, &conn, &mut warm).map(|_| entries(&warm));
                 assert_eq!(got, expected, "head {i}");
                 // What a handler changes in one request's environ is gone in the next one's.
-                let mut env = Environ::new(warm, Input::new(None), &config, None, RunnerFlags::default());
+                let mut env = Environ::new(warm, Input::new(None), &config, RunnerFlags::default());
                 match i % 3 {
                     0 => env.insert("X_NEW", "1"),
                     1 => env.insert("SCRIPT_NAME", "/elsewhere"),

@@ -282,12 +282,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 fn conn_info() -> ConnInfo {
-    ConnInfo {
-        server_name: "127.0.0.1".into(),
-        server_port: "8000".into(),
-        remote_addr: "127.0.0.1".into(),
-        remote_port: "50000".into(),
-    }
+    ConnInfo::new("127.0.0.1".into(), "8000".into(), "127.0.0.1:50000".parse().ok())
 }
 
 fn collect(vars: &Vars) -> Vec<(Vec<u8>, Vec<u8>)> {

@@ -23,6 +23,7 @@ use crate::http::date::DateCache;
 use crate::http::decode::Decoder;
 use crate::http::encode::{self, BodyFraming, Framed, RequestInfo, ResponseHead};
 use crate::http::parse::{self, ConnInfo, Framing, HeadScanner, RequestHead};
+use crate::http::proxy;
 use crate::logging::Level;
 
 /// First size of a read buffer; it grows to hold a whole head (and a buffered body) when needed.
@@ -387,7 +388,8 @@ impl Session {
     /// A session for a connection accepted at `now`. `buffered_body`: bodies up to that size are
     /// read whole before their request is handed out (0 for runners that give each connection a
     /// thread of its own).
-    pub(crate) fn new(config: Arc<Config>, info: ConnInfo, buffered_body: u64, now: Instant) -> Session {
+    pub(crate) fn new(config: Arc<Config>, mut info: ConnInfo, buffered_body: u64, now: Instant) -> Session {
+        info.trusted_proxy = config.forwarded_allow_ips.contains(info.peer);
         Session {
             config,
             info,
@@ -819,6 +821,9 @@ impl Session {
 
     /// Parses the head at the front of the buffer, if it is all there.
     fn parse_head(&mut self, now: Instant) -> Result<Option<RequestHead>, ParseError> {
+        if self.info.expect_proxy_header && !self.take_proxy_header(now)? {
+            return Ok(None);
+        }
         let skip = parse::leading_empty_lines(self.rbuf.filled());
         if skip > 0 {
             self.rbuf.consume(skip);
@@ -844,6 +849,43 @@ impl Session {
         self.scanner = HeadScanner::default();
         self.head_started = None;
         Ok(Some(req))
+    }
+
+    /// Reads the PROXY protocol header the connection begins with: `Ok(false)` while it is
+    /// incomplete (bounded by [`proxy::MAX_HEADER_LEN`] and by the head's timeout).
+    fn take_proxy_header(&mut self, now: Instant) -> Result<bool, ParseError> {
+        let buf = self.rbuf.filled();
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        self.head_started.get_or_insert(now);
+        if !self.config.proxy_allow_ips.contains(self.info.peer) {
+            self.log(Level::Warn, "a PROXY protocol header from a peer not in proxy_allow_ips: refused");
+            return Err(ParseError::ProxyProtocol);
+        }
+        let (header, len) = match proxy::parse(buf) {
+            Ok(Some(parsed)) => parsed,
+            // The parser decides within its bound; this only makes the bound plain here.
+            Ok(None) if buf.len() >= proxy::MAX_HEADER_LEN => return Err(ParseError::ProxyProtocol),
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                self.log(Level::Info, &format!("PROXY protocol: {}", e.description()));
+                return Err(ParseError::ProxyProtocol);
+            }
+        };
+        self.rbuf.consume(len);
+        self.info.expect_proxy_header = false;
+        if let proxy::ProxyHeader::Proxied { source, destination } = header {
+            let (source, destination) = (canonical(source), canonical(destination));
+            let info = &mut self.info;
+            info.remote_addr = source.ip().to_string().into();
+            info.remote_port = source.port().to_string().into();
+            info.server_name = destination.ip().to_string().into();
+            info.server_port = destination.port().to_string().into();
+            info.peer = Some(source.ip());
+            info.trusted_proxy = self.config.forwarded_allow_ips.contains(info.peer);
+        }
+        Ok(true)
     }
 
     /// Starts the exchange of a parsed request; the request is handed out now, or once its body
@@ -1261,6 +1303,11 @@ impl Drop for Session {
     }
 }
 
+/// `addr` with an IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// The body deadline after `n` more body bytes came at `now`: without a minimum rate, the stall
 /// timeout from now; with one, the deadline moves by the time those bytes earn at the minimum
 /// rate, never beyond the stall timeout from now (a burst buys no lasting credit).
@@ -1300,8 +1347,7 @@ pub(crate) fn fuzz(data: &[u8]) {
             .drain_limit(1024)
             .error_log(|_| {}),
     );
-    let info =
-        ConnInfo { server_name: "s".into(), server_port: "1".into(), remote_addr: "r".into(), remote_port: "2".into() };
+    let info = ConnInfo::new("s".into(), "1".into(), "192.0.2.1:2".parse().ok());
     let t0 = Instant::now();
     let mut now = t0;
     let mut session = Session::new(Arc::clone(&config), info, buffered_body, now);
@@ -1374,8 +1420,7 @@ pub(crate) fn fuzz(data: &[u8]) {
                 let mut rest = input;
                 let result = {
                     let mut source = Source { session: &mut session, input: &mut rest, now, written: &mut written };
-                    let mut env =
-                        Environ::new(vars, Input::new(Some(&mut source)), &config, None, RunnerFlags::default());
+                    let mut env = Environ::new(vars, Input::new(Some(&mut source)), &config, RunnerFlags::default());
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let mut buf = [0u8; 100];
                         match behaviour {

@@ -2,7 +2,6 @@
 //! handler interface. No socket, no thread, no sleep.
 
 use std::io::{IoSlice, Read};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,12 +121,7 @@ fn config(log: &Arc<Mutex<Vec<String>>>) -> Config {
 }
 
 fn session(config: Config, buffered_body: u64, now: Instant) -> Session {
-    let info = ConnInfo {
-        server_name: "127.0.0.1".into(),
-        server_port: "8000".into(),
-        remote_addr: "127.0.0.1".into(),
-        remote_port: "50000".into(),
-    };
+    let info = ConnInfo::new("127.0.0.1".into(), "8000".into(), "127.0.0.1:50000".parse().ok());
     Session::new(Arc::new(config), info, buffered_body, now)
 }
 
@@ -189,8 +183,7 @@ fn pump(session: &mut Session, wire: &mut Wire, handler: &dyn Handler) -> Run {
                 let mut source = MemoryInput { session, wire };
                 let has_body = req.framing != Framing::Empty;
                 let input = Input::new(if has_body { Some(&mut source as &mut dyn BodySource) } else { None });
-                let peer: Option<SocketAddr> = "127.0.0.1:50000".parse().ok();
-                let mut env = Environ::new(vars, input, &config, peer, RunnerFlags::default());
+                let mut env = Environ::new(vars, input, &config, RunnerFlags::default());
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     handler.call(&mut env, StartResponse::new(&mut storage))
                 }));
@@ -879,9 +872,14 @@ fn a_whole_body_goes_out_as_a_pulled_one_would() {
 
 /// A configuration whose access log lines, in `format`, are collected in `lines`.
 fn access_logged(lines: &Arc<Mutex<Vec<String>>>, format: &str) -> Config {
+    with_access_log(Config::default().error_log(|_| {}), lines, format)
+}
+
+/// `config`, its access log lines in `format` collected in `lines`.
+fn with_access_log(config: Config, lines: &Arc<Mutex<Vec<String>>>, format: &str) -> Config {
     let sink = Arc::clone(lines);
     let log = crate::AccessLog::to_fn(move |l| sink.lock().unwrap().push(l.to_owned())).format(format).unwrap();
-    Config::default().error_log(|_| {}).access_log(Some(log))
+    config.access_log(Some(log))
 }
 
 #[test]
@@ -965,4 +963,148 @@ fn without_an_access_log_nothing_waits_for_it() {
     let mut s = session(Config::default(), 0, wire.now);
     pump(&mut s, &mut wire, &hello());
     assert_eq!(wire.writes, 1);
+}
+
+/// The variable `key` of each response of a run of [`sgi_dump`].
+fn dumped(wire: &Wire, key: &str) -> Vec<String> {
+    parse_responses(&wire.written, &[])
+        .iter()
+        .map(|r| {
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            text.lines().find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned)).unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn a_trusted_proxy_sets_the_client_and_scheme_for_its_request_alone() {
+    let requests = b"GET /1 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.1, 203.0.113.9, 10.0.0.2\r\nX-Forwarded-Proto: https\r\n\r\n\
+                     GET /2 HTTP/1.1\r\nHost: x\r\n\r\n\
+                     GET /3 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: [2001:db8::7]:4711\r\nX-Forwarded-Ssl: on\r\n\r\n";
+    let config = Config::default().forwarded_allow_ips("127.0.0.1,10.0.0.0/8".parse().unwrap());
+    let (wire, _) = exchange(config, vec![requests.to_vec()], &sgi_dump());
+    // 10.0.0.2 is a proxy of ours; 203.0.113.9 is the first that is not; 198.51.100.1 is its word.
+    assert_eq!(dumped(&wire, "REMOTE_ADDR"), ["203.0.113.9", "127.0.0.1", "2001:db8::7"]);
+    assert_eq!(dumped(&wire, "REMOTE_PORT"), ["0", "50000", "4711"]);
+    assert_eq!(dumped(&wire, "wsgi.url_scheme"), ["https", "http", "https"]);
+    assert_eq!(
+        dumped(&wire, "HTTP_X_FORWARDED_FOR"),
+        ["198.51.100.1, 203.0.113.9, 10.0.0.2", "", "[2001:db8::7]:4711"]
+    );
+}
+
+#[test]
+fn an_untrusted_peers_proxy_headers_change_nothing() {
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nForwarded: for=1.2.3.4\r\n\r\n";
+    for config in [
+        Config::default().forwarded_allow_ips(crate::AllowList::nobody()),
+        Config::default().forwarded_allow_ips("10.0.0.0/8".parse().unwrap()).trust_forwarded_header(true),
+    ] {
+        let (wire, _) = exchange(config, vec![request.to_vec()], &sgi_dump());
+        assert_eq!(dumped(&wire, "REMOTE_ADDR"), ["127.0.0.1"]);
+        assert_eq!(dumped(&wire, "wsgi.url_scheme"), ["http"]);
+        assert_eq!(dumped(&wire, "HTTP_X_FORWARDED_FOR"), ["203.0.113.9"]);
+    }
+}
+
+#[test]
+fn the_forwarded_header_is_believed_only_when_configured() {
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\nForwarded: for=\"[2001:db8::1]:80\";proto=https\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n";
+    let (wire, _) = exchange(Config::default(), vec![request.to_vec()], &sgi_dump());
+    assert_eq!(dumped(&wire, "REMOTE_ADDR"), ["203.0.113.9"]);
+    assert_eq!(dumped(&wire, "wsgi.url_scheme"), ["http"]);
+    let (wire, _) = exchange(Config::default().trust_forwarded_header(true), vec![request.to_vec()], &sgi_dump());
+    assert_eq!(dumped(&wire, "REMOTE_ADDR"), ["2001:db8::1"]);
+    assert_eq!(dumped(&wire, "REMOTE_PORT"), ["80"]);
+    assert_eq!(dumped(&wire, "wsgi.url_scheme"), ["https"]);
+}
+
+#[test]
+fn contradictory_scheme_headers_from_a_trusted_proxy_are_refused() {
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Ssl: off\r\n\r\n";
+    let (wire, _) = exchange(Config::default(), vec![request.to_vec()], &sgi_dump());
+    assert_eq!(parse_responses(&wire.written, &[])[0].status, 400);
+}
+
+fn proxied_session(config: Config, wire: &Wire) -> Session {
+    let mut info = ConnInfo::new("127.0.0.1".into(), "8000".into(), "127.0.0.1:50000".parse().ok());
+    info.expect_proxy_header = true;
+    Session::new(Arc::new(config), info, 0, wire.now)
+}
+
+/// A PROXY v2 header for TCP over IPv4 from `203.0.113.7:4242` to `192.0.2.1:443`, with a TLV.
+fn proxy_v2() -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11".to_vec();
+    let body: &[u8] = &[203, 0, 113, 7, 192, 0, 2, 1, 0x10, 0x92, 0x01, 0xbb, 0x04, 0x00, 0x01, b'x'];
+    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    h.extend_from_slice(body);
+    h
+}
+
+#[test]
+fn a_proxy_protocol_header_gives_the_clients_and_servers_addresses_split_at_every_byte() {
+    let v1 = b"PROXY TCP4 203.0.113.7 192.0.2.1 4242 443\r\n".to_vec();
+    for header in [v1, proxy_v2()] {
+        let mut bytes = header.clone();
+        bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        for cut in 0..=header.len() + 3 {
+            let mut wire = Wire::new(vec![bytes[..cut].to_vec(), bytes[cut..].to_vec()]);
+            let mut s = proxied_session(Config::default().error_log(|_| {}), &wire);
+            pump(&mut s, &mut wire, &sgi_dump());
+            assert_eq!(dumped(&wire, "REMOTE_ADDR"), ["203.0.113.7"; 2], "cut at {cut}");
+            assert_eq!(dumped(&wire, "REMOTE_PORT"), ["4242"; 2]);
+            assert_eq!(dumped(&wire, "SERVER_NAME"), ["192.0.2.1"; 2]);
+            assert_eq!(dumped(&wire, "SERVER_PORT"), ["443"; 2]);
+        }
+    }
+}
+
+#[test]
+fn a_local_or_unknown_header_keeps_the_connections_addresses() {
+    let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00".to_vec();
+    for header in [b"PROXY UNKNOWN\r\n".to_vec(), local] {
+        let mut bytes = header;
+        bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut wire = Wire::new(vec![bytes]);
+        let mut s = proxied_session(Config::default(), &wire);
+        pump(&mut s, &mut wire, &sgi_dump());
+        assert_eq!(dumped(&wire, "REMOTE_ADDR"), ["127.0.0.1"]);
+        assert_eq!(dumped(&wire, "SERVER_PORT"), ["8000"]);
+    }
+}
+
+#[test]
+fn a_missing_or_broken_proxy_header_or_a_peer_not_allowed_is_refused_with_400() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let cases: [(Config, &[u8]); 4] = [
+        (Config::default(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (Config::default(), b"PROXY TCP4 203.0.113.7 192.0.2.1 4242\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (Config::default(), b"PROXY TCP4 203.0.113.7 192.0.2.1 4242 443\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (
+            Config::default().proxy_allow_ips("10.0.0.0/8".parse().unwrap()),
+            b"PROXY TCP4 203.0.113.7 192.0.2.1 4242 443\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+    ];
+    for (config, bytes) in cases {
+        let mut wire = Wire::new(vec![bytes.to_vec()]);
+        let mut s = proxied_session(with_access_log(config.error_log(|_| {}), &lines, "%(s)s %(h)s"), &wire);
+        let run = pump(&mut s, &mut wire, &sgi_dump());
+        assert!(!run.stuck);
+        let answers = parse_responses(&wire.written, &[]);
+        assert_eq!(answers.len(), 1, "{}", String::from_utf8_lossy(bytes));
+        assert_eq!(answers[0].status, 400);
+    }
+    assert_eq!(*lines.lock().unwrap(), ["400 127.0.0.1"; 4]);
+}
+
+#[test]
+fn behind_a_proxy_protocol_peer_the_forwarded_headers_are_trusted_by_its_clients_address() {
+    // HAProxy (127.0.0.1) relays for 10.0.0.5, a proxy of ours that sent X-Forwarded-For.
+    let bytes =
+        b"PROXY TCP4 10.0.0.5 192.0.2.1 4242 443\r\nGET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.4\r\n\r\n";
+    let config = Config::default().forwarded_allow_ips("10.0.0.0/8".parse().unwrap());
+    let mut wire = Wire::new(vec![bytes.to_vec()]);
+    let mut s = proxied_session(config, &wire);
+    pump(&mut s, &mut wire, &sgi_dump());
+    assert_eq!(dumped(&wire, "REMOTE_ADDR"), ["198.51.100.4"]);
 }
