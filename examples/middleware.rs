@@ -26,9 +26,36 @@ impl<H: Handler> Handler for Timed<H> {
 }
 
 fn main() -> std::process::ExitCode {
-    let app = sgi::handler_fn(|env, start_response| {
+    common::serve(Timed(hello()))
+}
+
+/// `hello NAME` for `/?NAME`.
+fn hello() -> impl Handler {
+    sgi::handler_fn(|env, start_response| {
         let name = String::from_utf8_lossy(env.query_string()).into_owned();
         Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body(format!("hello {name}\n")))
-    });
-    common::serve(Timed(app))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use sgi::testing::TestClient;
+
+    #[test]
+    fn times_the_response_and_logs_an_access_line() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        let config = sgi::Config::default().error_log(move |line| sink.lock().unwrap().push(line.to_owned()));
+        let client = TestClient::with_config(super::Timed(super::hello()), config);
+        let response = client.get("/greet?ada");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text(), "hello ada\n");
+        let took = response.header("X-Response-Time").expect("the header the middleware adds");
+        let micros = took.strip_suffix("us").expect("in microseconds");
+        assert!(micros.parse::<u64>().is_ok(), "{took}");
+        let lines = lines.lock().unwrap();
+        assert_eq!(*lines, [format!("GET /greet?ada -> 200 in {took}")]);
+    }
 }

@@ -33,6 +33,18 @@
 //! - Errors returned by a handler become `500`; panics are caught at the connection boundary and
 //!   also become `500` (or a closed connection when the response had begun).
 //!
+//! # Testing a handler
+//!
+//! [`testing::TestClient`] calls a handler in memory through the code a server runs for each
+//! connection (parser, environ, response checks and framing, `500` on a panic), with no socket:
+//!
+//! ```
+//! let client = sgi::testing::TestClient::new(sgi::handler_fn(|_env, start_response| {
+//!     Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body("Hello, World!"))
+//! }));
+//! assert_eq!(client.get("/").text(), "Hello, World!");
+//! ```
+//!
 //! # Choosing a runner
 //!
 //! | runner | model | concurrency | an idle keep-alive client costs | `Sync` buys |
@@ -106,6 +118,7 @@ mod reload;
 pub mod runner;
 mod server;
 mod shutdown;
+pub mod testing;
 // The one place with `unsafe`: system calls, each block justified.
 #[allow(unsafe_code)]
 mod sys;
