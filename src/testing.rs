@@ -137,7 +137,7 @@ impl TestClient {
             flags: RunnerFlags::default(),
             shutdown,
         };
-        TestClient { ctx: Arc::new(ctx), local: Local { name: "localhost".into(), port: "80".into() } }
+        TestClient { ctx: Arc::new(ctx), local: Local { name: "localhost".into(), port: "80".into(), proxy_protocol: false } }
     }
 
     /// Sets what requests see of the listening socket: `SERVER_NAME` and `SERVER_PORT`
@@ -153,7 +153,7 @@ impl TestClient {
     /// assert_eq!(client.get("/").text(), "10.0.0.1:8080");
     /// ```
     pub fn local(mut self, name: &str, port: u16) -> TestClient {
-        self.local = Local { name: name.into(), port: port.to_string().into() };
+        self.local = Local { name: name.into(), port: port.to_string().into(), proxy_protocol: false };
         self
     }
 
