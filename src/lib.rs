@@ -103,6 +103,7 @@ mod reload;
 pub mod runner;
 mod server;
 mod shutdown;
+mod static_files;
 // The one place with `unsafe`: system calls, each block justified.
 #[allow(unsafe_code)]
 mod sys;
@@ -121,3 +122,4 @@ pub use limits::raise_fd_limit;
 pub use options::{Options, OptionsError, CMD_ARGS_VAR, USAGE_ERROR};
 pub use server::{Server, DEFAULT_BACKLOG, MAX_LISTENERS};
 pub use shutdown::ShutdownHandle;
+pub use static_files::StaticFiles;
