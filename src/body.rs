@@ -38,8 +38,21 @@ enum Kind {
     Empty,
     Bytes(Bytes),
     Chunks(Chunks),
-    Reader { reader: Box<dyn Read + Send>, len: Option<u64>, buf: BytesMut },
-    File { file: File, len: u64, buf: BytesMut },
+    Reader {
+        reader: Box<dyn Read + Send>,
+        len: Option<u64>,
+        buf: BytesMut,
+    },
+    /// `len` bytes of `file` from `offset`, where its position was put; `remaining` of them are
+    /// still to be read. The file itself (not a reader over it), so that it can be sent with
+    /// `sendfile(2)`.
+    File {
+        file: File,
+        offset: u64,
+        len: u64,
+        remaining: u64,
+        buf: BytesMut,
+    },
     Done,
 }
 
@@ -52,7 +65,12 @@ impl fmt::Debug for Body {
             Kind::Reader { .. } => "reader",
             Kind::File { .. } => "file",
         };
-        f.debug_struct("Body").field("kind", &kind).field("len", &self.len()).finish()
+        let mut f = f.debug_struct("Body");
+        f.field("kind", &kind).field("len", &self.len());
+        if let Kind::File { offset, remaining, .. } = &self.kind {
+            f.field("offset", offset).field("remaining", remaining);
+        }
+        f.finish()
     }
 }
 
@@ -91,14 +109,61 @@ impl Body {
         Body { kind: Kind::Reader { reader: Box::new(reader), len, buf: BytesMut::new() } }
     }
 
-    /// A file, sent from its current position to its end, with a `Content-Length`.
+    /// A file, sent from its current position to its end (as long as it was when the body was
+    /// made), with a `Content-Length`.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let path = std::env::temp_dir().join(format!("sgi-doc-from-file-{}", std::process::id()));
+    /// # std::fs::write(&path, b"Hello, World!")?;
+    /// let body = sgi::Body::from_file(std::fs::File::open(&path)?)?;
+    /// assert_eq!(body.len(), Some(13));
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// The error of reading the file's metadata or position.
     pub fn from_file(mut file: File) -> io::Result<Body> {
         use std::io::Seek;
-        let len = file.metadata()?.len().saturating_sub(file.stream_position()?);
-        Ok(Body { kind: Kind::File { file, len, buf: BytesMut::new() } })
+        let offset = file.stream_position()?;
+        let len = file.metadata()?.len().saturating_sub(offset);
+        Ok(Body::file_part(file, offset, len))
+    }
+
+    /// `len` bytes of a file from byte `offset`, with that `Content-Length`: the body of a
+    /// `206 Partial Content` response. The file's position is moved to `offset`.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let path = std::env::temp_dir().join(format!("sgi-doc-from-file-range-{}", std::process::id()));
+    /// # std::fs::write(&path, b"Hello, World!")?;
+    /// // "World": bytes 7 to 11.
+    /// let body = sgi::Body::from_file_range(std::fs::File::open(&path)?, 7, 5)?;
+    /// assert_eq!(body.len(), Some(5));
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidInput`] when the range goes past the end of the file; the error
+    /// of reading the file's metadata or of seeking.
+    pub fn from_file_range(mut file: File, offset: u64, len: u64) -> io::Result<Body> {
+        use std::io::{Seek, SeekFrom};
+        let size = file.metadata()?.len();
+        if offset.checked_add(len).map_or(true, |end| end > size) {
+            let message = format!("bytes {offset} to {offset}+{len} of a file of {size} bytes");
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(Body::file_part(file, offset, len))
+    }
+
+    /// `len` bytes of `file` from `offset`, where its position already is.
+    fn file_part(file: File, offset: u64, len: u64) -> Body {
+        Body { kind: Kind::File { file, offset, len, remaining: len, buf: BytesMut::new() } }
     }
 
     /// The length of the body, when it is known before sending.
@@ -134,19 +199,22 @@ impl Body {
                 Some(chunk) => Ok(Some(chunk?)),
             },
             Kind::Reader { reader, buf, .. } => {
-                let chunk = read_some(&mut **reader, buf)?;
+                let chunk = read_some(&mut **reader, buf, READ_CHUNK)?;
                 if chunk.is_empty() {
                     self.kind = Kind::Done;
                     return Ok(None);
                 }
                 Ok(Some(chunk))
             }
-            Kind::File { file, buf, .. } => {
-                let chunk = read_some(file, buf)?;
+            Kind::File { file, remaining, buf, .. } => {
+                // Never past the length announced, even if the file grew since.
+                let limit = usize::try_from(*remaining).unwrap_or(usize::MAX).min(READ_CHUNK);
+                let chunk = if limit == 0 { Bytes::new() } else { read_some(file, buf, limit)? };
                 if chunk.is_empty() {
                     self.kind = Kind::Done;
                     return Ok(None);
                 }
+                *remaining -= chunk.len() as u64;
                 Ok(Some(chunk))
             }
         }
@@ -168,11 +236,11 @@ impl Body {
     }
 }
 
-/// Reads one chunk through `buf`, whose allocation comes back once the previous chunk is
-/// dropped.
-fn read_some(reader: &mut dyn Read, buf: &mut BytesMut) -> io::Result<Bytes> {
+/// Reads one chunk of at most `limit` bytes through `buf`, whose allocation comes back once the
+/// previous chunk is dropped.
+fn read_some(reader: &mut dyn Read, buf: &mut BytesMut, limit: usize) -> io::Result<Bytes> {
     buf.clear();
-    buf.resize(READ_CHUNK, 0);
+    buf.resize(limit, 0);
     let n = loop {
         match reader.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -216,5 +284,68 @@ impl From<&'static [u8]> for Body {
 impl From<()> for Body {
     fn from(_: ()) -> Body {
         Body::empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, contents: &[u8]) -> TempFile {
+            let path = std::env::temp_dir().join(format!("sgi-body-{}-{name}", std::process::id()));
+            std::fs::write(&path, contents).unwrap();
+            TempFile(path)
+        }
+
+        fn open(&self) -> File {
+            File::open(&self.0).unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn pull(mut body: Body) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next_chunk().unwrap() {
+            out.extend_from_slice(&chunk);
+        }
+        assert!(body.is_done());
+        out
+    }
+
+    #[test]
+    fn a_file_range_is_exactly_its_bytes() {
+        let contents: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let file = TempFile::new("range", &contents);
+        for (offset, len) in [(0, 0), (0, 1), (3, 4), (0, 200_000), (70_000, 65_536 + 7), (199_999, 1), (200_000, 0)] {
+            let body = Body::from_file_range(file.open(), offset, len).unwrap();
+            assert_eq!(body.len(), Some(len));
+            let (from, to) = (offset as usize, (offset + len) as usize);
+            assert_eq!(pull(body), &contents[from..to], "{offset}+{len}");
+        }
+        for (offset, len) in [(0, 200_001), (200_000, 1), (1, u64::MAX), (u64::MAX, 0)] {
+            let error = Body::from_file_range(file.open(), offset, len).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{offset}+{len}");
+        }
+    }
+
+    #[test]
+    fn a_file_is_sent_from_its_position_and_no_further_than_its_length_then() {
+        use std::io::{Seek, SeekFrom, Write};
+        let file = TempFile::new("whole", b"0123456789");
+        let mut f = file.open();
+        f.seek(SeekFrom::Start(4)).unwrap();
+        let body = Body::from_file(f).unwrap();
+        assert_eq!(body.len(), Some(6));
+        // The file grows after the body was made: the body keeps the length it announced.
+        std::fs::OpenOptions::new().append(true).open(&file.0).unwrap().write_all(b"more").unwrap();
+        assert_eq!(pull(body), b"456789");
     }
 }

@@ -119,6 +119,7 @@ pub mod runner;
 mod server;
 mod shutdown;
 pub mod testing;
+mod static_files;
 // The one place with `unsafe`: system calls, each block justified.
 #[allow(unsafe_code)]
 mod sys;
@@ -139,3 +140,4 @@ pub use limits::raise_fd_limit;
 pub use options::{Options, OptionsError, CMD_ARGS_VAR, USAGE_ERROR};
 pub use server::{Server, DEFAULT_BACKLOG, MAX_LISTENERS};
 pub use shutdown::ShutdownHandle;
+pub use static_files::StaticFiles;

@@ -112,6 +112,106 @@ fn format_imf_fixdate(unix_seconds: u64) -> [u8; LEN] {
     t
 }
 
+/// `unix_seconds` as an HTTP-date in IMF-fixdate form (`Sun, 06 Nov 1994 08:49:37 GMT`), for
+/// `Last-Modified` and the like.
+pub(crate) fn http_date(unix_seconds: u64) -> String {
+    // IMF-fixdate is ASCII.
+    format_imf_fixdate(unix_seconds).iter().map(|&b| char::from(b)).collect()
+}
+
+/// An HTTP-date (RFC 9110 §5.6.7) as seconds since the epoch: IMF-fixdate, or either obsolete
+/// form a recipient must accept (RFC 850 with a two-digit year, ANSI C's `asctime`). `None` for
+/// anything else, an impossible date included.
+pub(crate) fn parse_http_date(value: &[u8]) -> Option<i64> {
+    let v = value.trim_ascii();
+    let (day_name, rest) = v.split_at(v.iter().position(|&b| b == b' ' || b == b',')?);
+    if let Some(rest) = rest.strip_prefix(b", ") {
+        if DAY_NAMES.contains(&day_name) {
+            // IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+            let [d1, d2, b' ', m1, m2, m3, b' ', y1, y2, y3, y4, b' ', time @ .., b' ', b'G', b'M', b'T'] = rest else {
+                return None;
+            };
+            let year = digits(&[*y1, *y2, *y3, *y4])?;
+            return civil_to_unix(year, month(&[*m1, *m2, *m3])?, digits(&[*d1, *d2])?, time);
+        }
+        if LONG_DAY_NAMES.contains(&day_name) {
+            // rfc850-date: `Sunday, 06-Nov-94 08:49:37 GMT`.
+            let [d1, d2, b'-', m1, m2, m3, b'-', y1, y2, b' ', time @ .., b' ', b'G', b'M', b'T'] = rest else {
+                return None;
+            };
+            return civil_to_unix(
+                two_digit_year(digits(&[*y1, *y2])?),
+                month(&[*m1, *m2, *m3])?,
+                digits(&[*d1, *d2])?,
+                time,
+            );
+        }
+        return None;
+    }
+    // asctime-date: `Sun Nov  6 08:49:37 1994`.
+    let [b' ', m1, m2, m3, b' ', d1, d2, b' ', time @ .., b' ', y1, y2, y3, y4] = rest else { return None };
+    if !DAY_NAMES.contains(&day_name) {
+        return None;
+    }
+    let day = if *d1 == b' ' { digits(&[*d2])? } else { digits(&[*d1, *d2])? };
+    civil_to_unix(digits(&[*y1, *y2, *y3, *y4])?, month(&[*m1, *m2, *m3])?, day, time)
+}
+
+const DAY_NAMES: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
+const LONG_DAY_NAMES: [&[u8]; 7] =
+    [b"Monday", b"Tuesday", b"Wednesday", b"Thursday", b"Friday", b"Saturday", b"Sunday"];
+
+/// A string of ASCII digits as a number.
+fn digits(s: &[u8]) -> Option<i64> {
+    s.iter().try_fold(0, |n, &b| b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0')))
+}
+
+fn month(name: &[u8; 3]) -> Option<i64> {
+    const MONTHS: [&[u8; 3]; 12] =
+        [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+    MONTHS.iter().position(|m| *m == name).map(|i| i as i64 + 1)
+}
+
+/// RFC 9110 §5.6.7: a two-digit year more than 50 years in the future is the most recent past
+/// year with those digits.
+fn two_digit_year(yy: i64) -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (this_year, _, _) = civil_from_days((now / 86_400) as i64);
+    let year = this_year - this_year.rem_euclid(100) + yy;
+    if year > this_year + 50 {
+        year - 100
+    } else {
+        year
+    }
+}
+
+/// Seconds since the epoch of a date and an `HH:MM:SS` time, UTC; `None` if impossible.
+fn civil_to_unix(year: i64, month: i64, day: i64, time: &[u8]) -> Option<i64> {
+    let [h1, h2, b':', m1, m2, b':', s1, s2] = time else { return None };
+    let (h, m, s) = (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?, digits(&[*s1, *s2])?);
+    // A leap second (`:60`) is allowed by the grammar; it is the next second's start.
+    if h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&month) || day < 1 || day > month_days[month as usize - 1] {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// (year, month 1..=12, day 1..=31) to days since 1970-01-01, Howard Hinnant's algorithm.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Now as a log line's timestamp, in UTC: `2026-12-01 14:00:00 +0000` (gunicorn's layout).
 pub(crate) fn log_timestamp() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -188,6 +288,52 @@ mod tests {
             assert!(out == date_line(before) || out == date_line(after), "{now:?}");
             assert_eq!(&out[..6], b"Date: ");
             assert_eq!(&out[out.len() - 2..], b"\r\n");
+        }
+    }
+
+    #[test]
+    fn parses_the_three_forms_of_an_http_date() {
+        let t = Some(784_111_777);
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT"), t);
+        assert_eq!(parse_http_date(b" Sun, 06 Nov 1994 08:49:37 GMT\t"), t);
+        assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), t);
+        assert_eq!(parse_http_date(b"Sun Nov  6 08:49:37 1994"), t);
+        assert_eq!(parse_http_date(b"Sun Nov 06 08:49:37 1994"), t);
+        assert_eq!(parse_http_date(b"Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(parse_http_date(b"Wed, 31 Dec 1969 23:59:59 GMT"), Some(-1));
+        assert_eq!(parse_http_date(b"Tue, 29 Feb 2000 00:00:00 GMT"), Some(951_782_400));
+        assert_eq!(parse_http_date(b"Wed, 30 Jun 2027 23:59:60 GMT"), Some(1_814_400_000));
+        // A two-digit year is at most 50 years ahead.
+        let this_year =
+            civil_from_days((SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / 86_400) as i64).0;
+        let ahead = parse_http_date(format!("Monday, 01-Jan-{:02} 00:00:00 GMT", (this_year + 49) % 100).as_bytes());
+        let behind = parse_http_date(format!("Monday, 01-Jan-{:02} 00:00:00 GMT", (this_year + 51) % 100).as_bytes());
+        assert_eq!(ahead.map(|t| civil_from_days(t / 86_400).0), Some(this_year + 49));
+        assert_eq!(behind.map(|t| civil_from_days(t / 86_400).0), Some(this_year - 49));
+        for bad in [
+            &b""[..],
+            b"yesterday",
+            b"Sun, 06 Nov 1994 08:49:37 UTC",
+            b"Sun, 6 Nov 1994 08:49:37 GMT",
+            b"Sun, 06 Nov 94 08:49:37 GMT",
+            b"Sun, 06 Foo 1994 08:49:37 GMT",
+            b"Sun, 31 Nov 1994 08:49:37 GMT",
+            b"Sun, 29 Feb 1900 08:49:37 GMT",
+            b"Sun, 06 Nov 1994 24:00:00 GMT",
+            b"Sun, 06 Nov 1994 08:60:00 GMT",
+            b"Sun, 06 Nov 1994 08:49 GMT",
+            b"Sun 06 Nov 1994 08:49:37 GMT",
+            b"Sunday, 06 Nov 1994 08:49:37 GMT",
+            b"Sun, 06-Nov-94 08:49:37 GMT",
+            b"Xyz, 06 Nov 1994 08:49:37 GMT",
+            b"Sun Nov  6 08:49:37 94",
+            b"Sun, 06 Nov 1994 08:49:37 GMT, Mon, 07 Nov 1994 08:49:37 GMT",
+            b"Sun, 0x Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        for t in [0, 1, 784_111_777, 951_782_400, 1_795_737_599, 4_102_444_800] {
+            assert_eq!(parse_http_date(http_date(t).as_bytes()), Some(t as i64));
         }
     }
 

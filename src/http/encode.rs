@@ -186,6 +186,16 @@ impl ResponseHead {
         })
     }
 
+    /// The header fields the application set, in order, as (name, value); for tests.
+    #[cfg(test)]
+    pub(crate) fn fields(&self) -> Vec<(String, String)> {
+        let text = String::from_utf8_lossy(&self.buf[self.status_end..]);
+        text.split_terminator("\r\n")
+            .filter_map(|line| line.split_once(": "))
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect()
+    }
+
     /// Chooses the framing of the body (RFC 9112 §6.3, PEP 3333's Content-Length rules).
     /// `body_len` is the length of the body when it is known before sending.
     pub(crate) fn framing(&self, req: RequestInfo, body_len: Option<u64>) -> BodyFraming {
