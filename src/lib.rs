@@ -33,6 +33,11 @@
 //! - Errors returned by a handler become `500`; panics are caught at the connection boundary and
 //!   also become `500` (or a closed connection when the response had begun).
 //!
+//! [`util`] has what Python's `wsgiref.util` and `urllib.parse` give a WSGI application (URLs
+//! rebuilt from the environ, `shift_path_info`, percent-encoding, bounded form parsing). The
+//! `http` cargo feature adds the `http_bridge` module: the request as the `http` crate's types,
+//! and answers given as an `http::Response`.
+//!
 //! # Choosing a runner
 //!
 //! | runner | model | concurrency | an idle keep-alive client costs | `Sync` buys |
@@ -85,6 +90,7 @@
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_errors_doc)]
 #![cfg_attr(test, deny(warnings))]
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 mod config;
@@ -94,6 +100,9 @@ mod environ;
 mod error;
 mod handler;
 mod http;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http_bridge;
 mod limits;
 mod net;
 mod options;
@@ -103,6 +112,7 @@ mod reload;
 pub mod runner;
 mod server;
 mod shutdown;
+pub mod util;
 // The one place with `unsafe`: system calls, each block justified.
 #[allow(unsafe_code)]
 mod sys;
