@@ -45,6 +45,14 @@
 //! assert_eq!(client.get("/").text(), "Hello, World!");
 //! ```
 //!
+//! # Helpers for applications
+//!
+//! [`util`] has what Python's `wsgiref.util` and `urllib.parse` give a WSGI application (URLs
+//! rebuilt from the environ, `shift_path_info`, percent-encoding, bounded form parsing);
+//! [`StaticFiles`] serves a directory (conditional and range requests, no path traversal). The
+//! `http` cargo feature adds the `http_bridge` module: the request as the `http` crate's types,
+//! and answers given as an `http::Response`.
+//!
 //! # Choosing a runner
 //!
 //! | runner | model | concurrency | an idle keep-alive client costs | `Sync` buys |
@@ -97,6 +105,7 @@
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_errors_doc)]
 #![cfg_attr(test, deny(warnings))]
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod access_log;
 mod allow;
@@ -108,6 +117,9 @@ mod environ;
 mod error;
 mod handler;
 mod http;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http_bridge;
 mod limits;
 mod logging;
 mod net;
@@ -120,6 +132,7 @@ mod server;
 mod shutdown;
 pub mod testing;
 mod static_files;
+pub mod util;
 // The one place with `unsafe`: system calls, each block justified.
 #[allow(unsafe_code)]
 mod sys;

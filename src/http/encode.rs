@@ -84,6 +84,12 @@ fn field_name(name: &[u8]) -> FieldName {
     }
 }
 
+/// Whether a response header is one only the server sets (`push_header` refuses it).
+#[cfg(feature = "http")]
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    field_name(name) == FieldName::HopByHop
+}
+
 /// The bytes a response field value or reason phrase may hold: HTAB, SP, VCHAR and obs-text,
 /// no other control character (no CR, LF or NUL: no response splitting, CVE-2018-1000164).
 const FIELD_BYTE: [bool; 256] = {
