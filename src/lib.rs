@@ -130,8 +130,8 @@ mod reload;
 pub mod runner;
 mod server;
 mod shutdown;
-pub mod testing;
 mod static_files;
+pub mod testing;
 pub mod util;
 // The one place with `unsafe`: system calls, each block justified.
 #[allow(unsafe_code)]

@@ -137,7 +137,10 @@ impl TestClient {
             flags: RunnerFlags::default(),
             shutdown,
         };
-        TestClient { ctx: Arc::new(ctx), local: Local { name: "localhost".into(), port: "80".into(), proxy_protocol: false } }
+        TestClient {
+            ctx: Arc::new(ctx),
+            local: Local { name: "localhost".into(), port: "80".into(), proxy_protocol: false },
+        }
     }
 
     /// Sets what requests see of the listening socket: `SERVER_NAME` and `SERVER_PORT`
