@@ -139,6 +139,19 @@ impl<'r> StartResponse<'r> {
     /// takes(app);
     /// ```
     ///
+    /// Values of different types in one response ([`Headers`](crate::Headers); an array's
+    /// values are all of one type):
+    ///
+    /// ```
+    /// fn app(_: &mut sgi::Environ<'_>, start_response: sgi::StartResponse<'_>) -> Result<sgi::Response, sgi::BoxError> {
+    ///     let location = format!("/items/{}", 7);
+    ///     let headers = sgi::Headers::new().add("Location", location).add("Content-Type", "text/plain");
+    ///     Ok(start_response.start("303 See Other", headers)?.body("see other\n"))
+    /// }
+    /// # fn takes(_: impl sgi::Handler) {}
+    /// # takes(app);
+    /// ```
+    ///
     /// Recovering from a header the application got wrong:
     ///
     /// ```

@@ -116,6 +116,7 @@ pub mod debug;
 mod environ;
 mod error;
 mod handler;
+mod headers;
 mod http;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -149,6 +150,7 @@ pub use config::{
 pub use environ::{Environ, ErrorStream, Extensions, Input, RunnerFlags};
 pub use error::{BindError, Error, ParseError, Result};
 pub use handler::{handler_fn, BoxError, Handler, Response, StartError, StartResponse, Started};
+pub use headers::{HeaderValue, Headers};
 pub use limits::raise_fd_limit;
 pub use options::{Options, OptionsError, CMD_ARGS_VAR, USAGE_ERROR};
 pub use server::{Server, DEFAULT_BACKLOG, MAX_LISTENERS};
