@@ -206,10 +206,14 @@ impl Body {
                 }
                 Ok(Some(chunk))
             }
-            Kind::File { file, remaining, buf, .. } => {
+            Kind::File { file, offset, len, remaining, buf } => {
                 // Never past the length announced, even if the file grew since.
                 let limit = usize::try_from(*remaining).unwrap_or(usize::MAX).min(READ_CHUNK);
-                let chunk = if limit == 0 { Bytes::new() } else { read_some(file, buf, limit)? };
+                // At an explicit position: part of the file may have gone out with `sendfile`,
+                // which leaves the file's own position alone.
+                let at = *offset + (*len - *remaining);
+                let mut reader = ReadAt { file, at };
+                let chunk = if limit == 0 { Bytes::new() } else { read_some(&mut reader, buf, limit)? };
                 if chunk.is_empty() {
                     self.kind = Kind::Done;
                     return Ok(None);
@@ -217,6 +221,22 @@ impl Body {
                 *remaining -= chunk.len() as u64;
                 Ok(Some(chunk))
             }
+        }
+    }
+
+    /// The file of a file body, where its unsent part starts and how long that is: for sending
+    /// it without reading it (`sendfile(2)`).
+    pub(crate) fn unsent_file(&self) -> Option<(&File, u64, u64)> {
+        match &self.kind {
+            Kind::File { file, offset, len, remaining, .. } => Some((file, offset + (len - remaining), *remaining)),
+            _ => None,
+        }
+    }
+
+    /// `n` bytes of a file body went out without being read ([`Body::unsent_file`]).
+    pub(crate) fn sent_from_file(&mut self, n: u64) {
+        if let Kind::File { remaining, .. } = &mut self.kind {
+            *remaining = remaining.saturating_sub(n);
         }
     }
 
@@ -238,6 +258,21 @@ impl Body {
 
 /// Reads one chunk of at most `limit` bytes through `buf`, whose allocation comes back once the
 /// previous chunk is dropped.
+/// A file read at a position of its own (`pread`), leaving the file's position alone.
+struct ReadAt<'f> {
+    file: &'f File,
+    at: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 fn read_some(reader: &mut dyn Read, buf: &mut BytesMut, limit: usize) -> io::Result<Bytes> {
     buf.clear();
     buf.resize(limit, 0);

@@ -83,6 +83,8 @@ pub(crate) struct Conn<S> {
     /// A request the poller found, for the worker that takes the connection.
     ready: Option<RequestHead>,
     body: Option<Body>,
+    /// `sendfile(2)` failed as unsupported here: file bodies are read and written instead.
+    no_sendfile: bool,
 }
 
 impl<S: Transport> Conn<S> {
@@ -97,7 +99,7 @@ impl<S: Transport> Conn<S> {
         let mut info = ConnInfo::new(local.name.clone(), local.port.clone(), peer);
         info.expect_proxy_header = local.proxy_protocol;
         let session = Session::new(Arc::clone(&ctx.config), info, buffered_body, Instant::now());
-        Conn { stream, session, ctx, ready: None, body: None }
+        Conn { stream, session, ctx, ready: None, body: None, no_sendfile: false }
     }
 
     /// When the connection next needs attention if its socket stays quiet.
@@ -154,9 +156,11 @@ impl<S: Transport> Conn<S> {
                     return Step::Work;
                 }
                 Next::Request(req) => now = self.exchange(req),
-                Next::Body | Next::Write(_) if mode == Mode::Poller => return Step::Work,
+                Next::Body | Next::Write(_) | Next::SendFile(_) if mode == Mode::Poller => return Step::Work,
                 Next::Body if mode == (Mode::Loop { handlers: false }) => return Step::Work,
-                Next::Write(_) if mode == Mode::Offload => return Step::Park(Interest::Writable),
+                Next::Write(_) | Next::SendFile(_) if mode == Mode::Offload => return Step::Park(Interest::Writable),
+                // A file body of known length: the kernel sends it from the page cache.
+                Next::Body if self.sends_file_directly() => self.session.begin_direct(now),
                 Next::Read { .. } | Next::ShutdownWrite if mode == Mode::Offload => {
                     return Step::Park(Interest::Readable)
                 }
@@ -164,6 +168,11 @@ impl<S: Transport> Conn<S> {
                 Next::Body => now = self.pull_body(),
                 Next::Write(deadline) => {
                     if let Some(step) = self.write(mode, deadline, now) {
+                        return step;
+                    }
+                }
+                Next::SendFile(deadline) => {
+                    if let Some(step) = self.send_file(mode, deadline, now) {
                         return step;
                     }
                 }
@@ -216,6 +225,49 @@ impl<S: Transport> Conn<S> {
             },
             _ => None,
         }
+    }
+
+    /// Whether the body to pull next is a file that can go out with `sendfile(2)`.
+    fn sends_file_directly(&self) -> bool {
+        !self.no_sendfile
+            && self.body.as_ref().is_some_and(|b| b.unsent_file().is_some())
+            && self.session.can_send_directly()
+    }
+
+    /// One `sendfile(2)` of the file body; `Some` when the connection parks instead.
+    fn send_file(&mut self, mode: Mode, deadline: Option<Instant>, now: Instant) -> Option<Step> {
+        let Conn { stream, session, ctx, body, .. } = self;
+        let Some((file, at, remaining)) = body.as_ref().and_then(Body::unsent_file) else {
+            session.body_end(now);
+            return None;
+        };
+        let count = usize::try_from(remaining).unwrap_or(usize::MAX);
+        match stream.send_file(file, at, count) {
+            // The file is shorter than the length announced: the session says so and closes.
+            Ok(0) => session.body_end(now),
+            Ok(n) => {
+                if let Some(b) = body.as_mut() {
+                    b.sent_from_file(n as u64);
+                }
+                session.sent_directly(n, now);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match mode {
+                Mode::Blocking => {
+                    wait(stream, session, Interest::Writable, None, deadline, &ctx.shutdown);
+                }
+                _ => return Some(Step::Park(Interest::Writable)),
+            },
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                self.no_sendfile = true;
+                session.direct_unsupported();
+            }
+            Err(_) => session.write_failed(),
+        }
+        if !self.session.wants_body() {
+            self.body = None;
+        }
+        None
     }
 
     /// Runs the handler for one request and gives its response to the session; returns the
@@ -382,4 +434,117 @@ impl<S: Transport> BodySource for HandlerInput<'_, S> {
 
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("?")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::Stream;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    /// A socket that counts how the body went out.
+    struct Counting {
+        inner: Stream,
+        sendfile_bytes: Arc<std::sync::atomic::AtomicUsize>,
+        written_bytes: Arc<std::sync::atomic::AtomicUsize>,
+        sendfile_works: bool,
+    }
+
+    impl Transport for Counting {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.inner.read(buf)
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let n = self.inner.write_vectored(bufs)?;
+            self.written_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            Ok(n)
+        }
+        fn shutdown_write(&self) {
+            self.inner.shutdown_write()
+        }
+        fn wait(&self, interest: Interest, wake: Option<RawFd>, deadline: Option<Instant>) -> io::Result<Waited> {
+            self.inner.wait(interest, wake, deadline)
+        }
+        fn send_file(&mut self, file: &std::fs::File, offset: u64, count: usize) -> io::Result<usize> {
+            if !self.sendfile_works {
+                return Err(io::ErrorKind::Unsupported.into());
+            }
+            let n = self.inner.send_file(file, offset, count)?;
+            self.sendfile_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    /// Serves one connection whose handler answers with `len` bytes of a 3 MB file from
+    /// `offset`; returns what the client got, and the body bytes sent by sendfile and by writes.
+    fn serve_file(offset: u64, len: u64, head: bool, sendfile_works: bool) -> (Vec<u8>, usize, usize) {
+        let path = std::env::temp_dir().join(format!("sgi-conn-sendfile-{}-{offset}-{head}", std::process::id()));
+        let contents: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &contents).unwrap();
+        let served = path.clone();
+        let handler = crate::handler_fn(move |_env, start_response| {
+            let file = std::fs::File::open(&served)?;
+            Ok(start_response
+                .start("200 OK", [("Content-Type", "application/octet-stream")])?
+                .body(Body::from_file_range(file, offset, len)?))
+        });
+        let ctx = Arc::new(ServeContext {
+            config: Arc::new(Config::default()),
+            handler: Box::new(handler),
+            flags: RunnerFlags::default(),
+            shutdown: ShutdownHandle::new().unwrap(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, peer) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let method = if head { "HEAD" } else { "GET" };
+        client.write_all(format!("{method} / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+        let counts = (Arc::new(Default::default()), Arc::new(Default::default()));
+        let stream = Counting {
+            inner: Stream::Tcp(accepted),
+            sendfile_bytes: Arc::clone(&counts.0),
+            written_bytes: Arc::clone(&counts.1),
+            sendfile_works,
+        };
+        let local = Local { name: "127.0.0.1".into(), port: "80".into(), proxy_protocol: false };
+        // The client reads while the server writes: the socket buffer is far smaller than the body.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).unwrap();
+            got
+        });
+        Conn::new(stream, Some(peer), &local, ctx, 0).drive(Mode::Blocking);
+        let got = reader.join().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let body_start = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head_len = body_start;
+        let expected = &contents[offset as usize..(offset + len) as usize];
+        if !head {
+            assert_eq!(&got[body_start..], expected, "the body, byte for byte");
+        }
+        let load = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed);
+        (got, load(&counts.0), load(&counts.1) - head_len)
+    }
+
+    #[test]
+    fn a_file_body_goes_out_with_sendfile_and_nothing_else() {
+        let (got, by_sendfile, by_write) = serve_file(1000, 2_500_000, false, true);
+        assert!(String::from_utf8_lossy(&got).contains("Content-Length: 2500000\r\n"));
+        assert_eq!((by_sendfile, by_write), (2_500_000, 0));
+    }
+
+    #[test]
+    fn without_sendfile_a_file_body_is_read_and_written() {
+        let (_, by_sendfile, by_write) = serve_file(7, 2_000_000, false, false);
+        assert_eq!((by_sendfile, by_write), (0, 2_000_000));
+    }
+
+    #[test]
+    fn a_head_request_sends_no_file() {
+        let (got, by_sendfile, by_write) = serve_file(0, 3_000_000, true, true);
+        assert!(String::from_utf8_lossy(&got).contains("Content-Length: 3000000\r\n"));
+        assert_eq!((by_sendfile, by_write), (0, 0));
+    }
 }

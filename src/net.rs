@@ -91,6 +91,13 @@ pub(crate) trait Transport {
     /// Waits until the transport is ready for `interest`, `wake` becomes readable, or `deadline`
     /// passes.
     fn wait(&self, interest: Interest, wake: Option<RawFd>, deadline: Option<Instant>) -> io::Result<Waited>;
+    /// Sends up to `count` bytes of `file` from `offset` without reading them into memory
+    /// (`sendfile(2)`); `Unsupported` where the transport (or the file) cannot, and the body is
+    /// read and written instead.
+    fn send_file(&mut self, file: &std::fs::File, offset: u64, count: usize) -> io::Result<usize> {
+        let _ = (file, offset, count);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// What a connection waits for.
@@ -229,5 +236,9 @@ impl Transport for Stream {
             Interest::Writable => libc::POLLOUT,
         };
         unix::wait_io(self.as_raw_fd(), events, wake, deadline)
+    }
+
+    fn send_file(&mut self, file: &std::fs::File, offset: u64, count: usize) -> io::Result<usize> {
+        unix::sendfile(self.as_raw_fd(), file, offset, count)
     }
 }

@@ -56,6 +56,9 @@ pub(crate) enum Next {
     Body,
     /// Write [`Session::output`] (it is not empty), until the deadline at the latest.
     Write(Option<Instant>),
+    /// Send the next part of the file body without reading it ([`Session::begin_direct`]),
+    /// then [`Session::sent_directly`]; until the deadline at the latest.
+    SendFile(Option<Instant>),
     /// Read into [`Session::read_buf`], until the deadline at the latest. `idle` when no request
     /// has begun: a graceful stop may end this wait.
     Read { deadline: Option<Instant>, idle: bool },
@@ -347,6 +350,8 @@ enum Response {
         body_len: Option<u64>,
         written: u64,
         keep_alive: bool,
+        /// The body goes out straight from a file ([`Next::SendFile`]), not through the output.
+        direct: bool,
     },
     /// Everything is queued; what remains is the drain of an unread request body.
     Done { keep_alive: bool },
@@ -618,6 +623,7 @@ impl Session {
             Phase::Buffering(x) => x.body_deadline,
             Phase::Exchange(x) => match x.response {
                 Response::Pending | Response::Done { .. } => x.body_deadline,
+                Response::Streaming { direct: true, .. } => self.write_deadline(),
                 Response::Streaming { .. } => None,
             },
             Phase::Closing(c) => c.until,
@@ -649,7 +655,9 @@ impl Session {
     /// Acts on a deadline that has passed: a write that stalled is abandoned, a head or body
     /// that did not come in time gets `408`, an idle connection closes.
     fn expire(&mut self, now: Instant) {
-        if !self.out.is_empty() {
+        let sending_file =
+            matches!(self.phase, Phase::Exchange(Exchange { response: Response::Streaming { direct: true, .. }, .. }));
+        if !self.out.is_empty() || sending_file {
             self.log(
                 Level::Warn,
                 &format!("write stalled for {:?}: connection dropped", self.config.write_timeout.unwrap_or_default()),
@@ -678,10 +686,11 @@ impl Session {
                 None => continue,
                 // `step` leaves the write deadline to here, where `self` is free to borrow.
                 Some(Next::Write(_)) => Next::Write(self.write_deadline()),
+                Some(Next::SendFile(_)) => Next::SendFile(self.write_deadline()),
                 Some(next) => next,
             };
             let deadline = match next {
-                Next::Write(d) | Next::Read { deadline: d, .. } => d,
+                Next::Write(d) | Next::SendFile(d) | Next::Read { deadline: d, .. } => d,
                 _ => None,
             };
             // A wait whose deadline has passed is not a wait: act on it and look again.
@@ -717,6 +726,16 @@ impl Session {
             Phase::Exchange(x) => match x.response {
                 // The handler runs: a driver has nothing to ask until it answers.
                 Response::Pending => return if self.out.is_empty() { Some(Next::Close) } else { write },
+                Response::Streaming { direct: true, written, framing, .. } => {
+                    if !self.out.is_empty() {
+                        return write;
+                    }
+                    if framing == BodyFraming::Length(written) {
+                        self.body_end(now);
+                        return None;
+                    }
+                    return Some(Next::SendFile(None));
+                }
                 Response::Streaming { ref head, .. } => {
                     // A chunk is written before the next is pulled, so a stream paces itself;
                     // until this response has one, earlier responses may wait to go with it.
@@ -982,7 +1001,9 @@ impl Session {
         if framed.framing != BodyFraming::NoBody {
             let Framed { framing, keep_alive, .. } = framed;
             if let Phase::Exchange(x) = &mut self.phase {
-                x.response = Response::Streaming { head: Some(head), framing, body_len, written: 0, keep_alive };
+                let direct = false;
+                x.response =
+                    Response::Streaming { head: Some(head), framing, body_len, written: 0, keep_alive, direct };
             }
             return true;
         }
@@ -1077,7 +1098,7 @@ impl Session {
             return;
         }
         let Phase::Exchange(Exchange { req, response, .. }) = &mut self.phase else { return };
-        let Response::Streaming { head, framing, body_len, written, keep_alive } = response else { return };
+        let Response::Streaming { head, framing, body_len, written, keep_alive, .. } = response else { return };
         if self.out.is_empty() {
             self.write_progress = now;
         }
@@ -1114,6 +1135,54 @@ impl Session {
         }
         if length_reached {
             self.body_end(now);
+        }
+    }
+
+    /// Whether the body being pulled may go out straight from a file instead
+    /// ([`Session::begin_direct`]): its length is the response's `Content-Length`, so no
+    /// framing goes between its bytes.
+    pub(crate) fn can_send_directly(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Exchange(Exchange {
+                response: Response::Streaming { framing: BodyFraming::Length(_), direct: false, .. },
+                ..
+            })
+        )
+    }
+
+    /// The body will be sent straight from a file: the head is queued now, then
+    /// [`Next::SendFile`] asks for each part, reported with [`Session::sent_directly`].
+    pub(crate) fn begin_direct(&mut self, now: Instant) {
+        let Phase::Exchange(Exchange { req, response, .. }) = &mut self.phase else { return };
+        let Response::Streaming { head, framing, body_len, keep_alive, direct, .. } = response else { return };
+        *direct = true;
+        if let Some(h) = head.take() {
+            if self.out.is_empty() {
+                self.write_progress = now;
+            }
+            let info = RequestInfo { is_head: req.is_head, http10: req.http10 };
+            let framed = Framed { info, framing: *framing, body_len: *body_len, keep_alive: *keep_alive };
+            self.out.extend_with(|buf| h.encode(buf, framed, &self.config, &mut self.date, now));
+            self.head = h;
+        }
+    }
+
+    /// `n` bytes of the body went out straight from the file at `now`.
+    pub(crate) fn sent_directly(&mut self, n: usize, now: Instant) {
+        let Phase::Exchange(Exchange { response: Response::Streaming { written, .. }, .. }) = &mut self.phase else {
+            return;
+        };
+        *written += n as u64;
+        if n > 0 {
+            self.write_progress = now;
+        }
+    }
+
+    /// The file cannot be sent directly after all: the rest of the body is pulled.
+    pub(crate) fn direct_unsupported(&mut self) {
+        if let Phase::Exchange(Exchange { response: Response::Streaming { direct, .. }, .. }) = &mut self.phase {
+            *direct = false;
         }
     }
 
@@ -1414,6 +1483,7 @@ pub(crate) fn fuzz(data: &[u8]) {
                 check_framing(&written);
                 return;
             }
+            Next::SendFile(_) => unreachable!("the fuzz pump never sends a body straight from a file"),
             Next::Request(_) => {
                 let mut storage = session.take_response_head();
                 let vars = session.take_vars();

@@ -34,6 +34,9 @@ struct Wire {
     /// [`pump`] hands a body in one piece over whole ([`Session::respond_whole`]), as the
     /// connection pump does, instead of pulling it.
     whole_bodies: bool,
+    /// [`pump`] sends bodies of known length as files go out, outside the output
+    /// ([`Session::begin_direct`]).
+    direct_bodies: bool,
 }
 
 impl Wire {
@@ -52,6 +55,7 @@ impl Wire {
             shut_down: false,
             stop_when_idle: false,
             whole_bodies: false,
+            direct_bodies: false,
         }
     }
 
@@ -163,6 +167,7 @@ struct Run {
 fn pump(session: &mut Session, wire: &mut Wire, handler: &dyn Handler) -> Run {
     let mut run = Run::default();
     let mut body: Option<Body> = None;
+    let mut direct = Vec::new();
     for _ in 0..1_000_000 {
         let now = wire.now;
         if let Some(f) = session.take_finished() {
@@ -207,6 +212,34 @@ fn pump(session: &mut Session, wire: &mut Wire, handler: &dyn Handler) -> Run {
                     },
                     Ok(Err(e)) => session.handler_failed(&format!("handler error: {e}"), now),
                     Err(_) => session.handler_failed("handler panicked", now),
+                }
+            }
+            Next::Body if wire.direct_bodies && session.can_send_directly() => {
+                // As a file would go out with sendfile: the body's bytes, not through the output.
+                let b = body.as_mut().expect("a body while the session wants one");
+                while let Ok(Some(chunk)) = b.next_chunk() {
+                    direct.extend_from_slice(&chunk);
+                }
+                session.begin_direct(now);
+            }
+            Next::SendFile(deadline) => {
+                if wire.stall_after_writes.is_some_and(|n| wire.writes >= n) {
+                    wire.reader_stalled = true;
+                }
+                if wire.reader_stalled {
+                    let Some(d) = deadline else {
+                        run.stuck = true;
+                        return run;
+                    };
+                    wire.now = wire.now.max(d);
+                    continue;
+                }
+                let n = direct.len().min(wire.write_max);
+                wire.written.extend(direct.drain(..n));
+                wire.writes += 1;
+                session.sent_directly(n, now);
+                if !session.wants_body() {
+                    body = None;
                 }
             }
             Next::Body => {
@@ -557,6 +590,7 @@ fn a_body_slower_than_the_minimum_rate_gets_408_however_big_its_first_burst() {
     // A byte a second after the burst: the clock moves one second before every read.
     let run = loop {
         match s.poll(wire.now) {
+            Next::SendFile(_) => unreachable!("nothing is sent from a file here"),
             Next::Request(req) => {
                 assert_eq!(req.framing, Framing::Length(1_000_000));
                 let mut buf = vec![0; 200_000];
@@ -1107,4 +1141,49 @@ fn behind_a_proxy_protocol_peer_the_forwarded_headers_are_trusted_by_its_clients
     let mut s = proxied_session(config, &wire);
     pump(&mut s, &mut wire, &sgi_dump());
     assert_eq!(dumped(&wire, "REMOTE_ADDR"), ["198.51.100.4"]);
+}
+
+#[test]
+fn a_body_sent_straight_from_a_file_is_framed_logged_and_kept_alive_like_a_pulled_one() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let requests =
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n";
+    let big = handler_fn(|_env, start_response| {
+        let body = Body::from_reader(std::io::Cursor::new(vec![b'z'; 70_000]), Some(70_000));
+        Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body(body))
+    });
+    let mut wire = Wire::new(vec![requests.to_vec()]);
+    wire.direct_bodies = true;
+    wire.write_max = 9_000;
+    let mut s = session(access_logged(&lines, "%(r)s %(s)s %(B)s"), 0, wire.now);
+    pump(&mut s, &mut wire, &big);
+    let answers = parse_responses(&wire.written, &[false, true, false]);
+    assert_eq!(
+        answers.iter().map(|a| (a.status, a.body.len())).collect::<Vec<_>>(),
+        [(200, 70_000), (200, 0), (200, 70_000)]
+    );
+    assert!(answers.iter().all(|a| a.header("content-length") == Some("70000")));
+    assert_eq!(
+        *lines.lock().unwrap(),
+        ["GET /a HTTP/1.1 200 70000", "HEAD /b HTTP/1.1 200 0", "GET /c HTTP/1.1 200 70000"]
+    );
+}
+
+#[test]
+fn a_reader_that_stops_reading_a_file_body_is_dropped_at_the_write_timeout() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let big = handler_fn(|_env, start_response| {
+        let body = Body::from_reader(std::io::Cursor::new(vec![b'z'; 70_000]), Some(70_000));
+        Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body(body))
+    });
+    let mut wire = Wire::new(vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()]);
+    wire.direct_bodies = true;
+    wire.write_max = 9_000;
+    wire.stall_after_writes = Some(2);
+    let t0 = wire.now;
+    let mut s = session(config(&log).write_timeout(Some(Duration::from_secs(9))), 0, t0);
+    let run = pump(&mut s, &mut wire, &big);
+    assert!(!run.stuck, "a stalled sendfile has a deadline");
+    assert_eq!(wire.now - t0, Duration::from_secs(9));
+    assert!(log.lock().unwrap().iter().any(|l| l.contains("write stalled")));
 }

@@ -28,6 +28,29 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Sends up to `count` bytes of `file` from byte `offset` to the socket `socket` with
+/// `sendfile(2)`: the kernel copies from the page cache, the bytes never pass through user
+/// space. Returns how many were sent (0 when the file ends before `offset`); `WouldBlock` when a
+/// non-blocking socket is full, `Unsupported` when the file cannot be sent this way (a file
+/// system without the support, a pipe). Retries on `EINTR`.
+pub(crate) fn sendfile(socket: RawFd, file: &std::fs::File, offset: u64, count: usize) -> io::Result<usize> {
+    let mut off = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // Linux sends at most 0x7ffff000 bytes per call.
+    let count = count.min(0x7fff_f000);
+    loop {
+        // SAFETY: both descriptors are open for the call (the socket is owned by the caller's
+        // stream, the file borrowed); `off` is a live local the kernel reads and advances.
+        match syscall!(unsafe { libc::sendfile(socket, file.as_raw_fd(), &mut off, count) }) {
+            Ok(n) => return Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) => {
+                return Err(io::Error::new(io::ErrorKind::Unsupported, e));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Writes one byte to a non-blocking pipe; a full pipe already wakes its reader, so `EAGAIN` is
 /// fine. Async-signal-safe: it is a single `write(2)`.
 pub(crate) fn write_byte(fd: &impl AsRawFd) {
