@@ -559,3 +559,54 @@ fn the_access_log_has_each_response_as_sent_and_reopens_on_usr1() {
         drop(server);
     }
 }
+
+#[test]
+fn static_files_answer_curls_ranges_and_conditions_and_refuse_traversal_on_every_runner() {
+    let css = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/assets/style.css")).unwrap();
+    for runner in ["serial", "threads", "pool", "fork", "event", "prefork"] {
+        let _alone = exclusive();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = spawn_quiet(Command::new(example("app")).args(["--runner", runner, "--bind", &addr.to_string()]));
+        let server = Started(child.id());
+        let url = |path: &str| format!("http://{addr}{path}");
+        let curl = |args: &[&str]| {
+            let out = Command::new("curl").args(["-sS", "--path-as-is", "-D", "-"]).args(args).output().unwrap();
+            assert!(out.status.success(), "{runner}: curl {args:?}: {out:?}");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            (head.to_owned(), body.to_owned())
+        };
+        assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()), "{runner}: serves");
+        let (head, body) = curl(&[&url("/static/style.css")]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{runner}: {head}");
+        assert_eq!(body.as_bytes(), css, "{runner}");
+        let etag = head.lines().find_map(|l| l.strip_prefix("ETag: ")).unwrap().to_owned();
+        let modified = head.lines().find_map(|l| l.strip_prefix("Last-Modified: ")).unwrap().to_owned();
+        // One range, an open one, a suffix, and one past the end.
+        let (head, body) = curl(&["-r", "5-9", &url("/static/style.css")]);
+        assert!(head.starts_with("HTTP/1.1 206"), "{runner}: {head}");
+        assert!(head.contains(&format!("Content-Range: bytes 5-9/{}", css.len())), "{runner}: {head}");
+        assert_eq!(body.as_bytes(), &css[5..10]);
+        let (_, body) = curl(&["-r", "-6", &url("/static/style.css")]);
+        assert_eq!(body.as_bytes(), &css[css.len() - 6..]);
+        let (head, _) = curl(&["-r", "99999-", &url("/static/style.css")]);
+        assert!(head.starts_with("HTTP/1.1 416"), "{runner}: {head}");
+        assert!(head.contains(&format!("Content-Range: bytes */{}", css.len())), "{runner}: {head}");
+        // Conditional requests: by entity tag, by date.
+        let (head, body) = curl(&["-H", &format!("If-None-Match: {etag}"), &url("/static/style.css")]);
+        assert!(head.starts_with("HTTP/1.1 304") && body.is_empty(), "{runner}: {head}");
+        let (head, _) = curl(&["-H", &format!("If-Modified-Since: {modified}"), &url("/static/style.css")]);
+        assert!(head.starts_with("HTTP/1.1 304"), "{runner}: {head}");
+        // HEAD (curl prints its head twice here: once for -I, once for -D).
+        let (head, rest) = curl(&["-I", &url("/static/style.css")]);
+        assert!(head.contains(&format!("Content-Length: {}", css.len())), "{runner}: {head}");
+        assert!(!rest.contains("font-family"), "{runner}: a body for HEAD");
+        // Out of the root, however it is spelled.
+        for path in ["/static/../app.rs", "/static/%2e%2e/app.rs", "/static/..%2fapp.rs", "/static/.%2E/app.rs"] {
+            let (head, _) = curl(&[&url(path)]);
+            assert!(head.starts_with("HTTP/1.1 404"), "{runner}: {path}: {head}");
+        }
+        stop(child);
+        drop(server);
+    }
+}
