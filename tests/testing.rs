@@ -309,3 +309,18 @@ fn one_client_serves_many_threads_and_opens_no_descriptor_per_request() {
     });
     assert_eq!(fds(), before);
 }
+
+#[test]
+fn remote_addr_is_the_client_a_trusted_proxy_names() {
+    let client = TestClient::new(sgi::handler_fn(|env, start_response| {
+        let addr = env.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body(addr))
+    }));
+    // The test client's peer, 127.0.0.1, is a trusted proxy by default.
+    assert_eq!(client.get("/").text(), "127.0.0.1:50000");
+    let proxied = client.request(TestRequest::get("/").header("X-Forwarded-For", "203.0.113.9:77"));
+    assert_eq!(proxied.text(), "203.0.113.9:77");
+    let untrusted =
+        TestRequest::get("/").header("X-Forwarded-For", "203.0.113.9").peer("192.0.2.5:4000".parse().unwrap());
+    assert_eq!(client.request(untrusted).text(), "192.0.2.5:4000");
+}
