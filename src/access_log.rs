@@ -171,9 +171,20 @@ pub(crate) struct Record<'a> {
     pub(crate) response: Option<&'a ResponseHead>,
 }
 
+/// Lines a thread has rendered and not yet written, for one log: written together when the
+/// connection that made them waits for its next request (or closes), so that the responses to a
+/// batch of pipelined requests cost one write, not one each; and at [`BATCH`] at the latest.
+struct Pending {
+    log: Option<Arc<AccessLog>>,
+    lines: Vec<u8>,
+}
+
+/// Most bytes of lines a thread holds before writing them.
+const BATCH: usize = 16 * 1024;
+
 thread_local! {
-    /// Each thread renders its lines here: no allocation per line once it has grown.
-    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// No allocation per line once it has grown.
+    static PENDING: RefCell<Pending> = const { RefCell::new(Pending { log: None, lines: Vec::new() }) };
 }
 
 impl AccessLog {
@@ -235,28 +246,56 @@ impl AccessLog {
         parse_format(format).map(|_| ())
     }
 
-    /// Renders `record` and writes it out.
-    pub(crate) fn log(&self, record: &Record<'_>) {
-        LINE.with(|line| {
-            let Ok(mut line) = line.try_borrow_mut() else { return };
-            line.clear();
-            self.render(record, &mut line);
-            line.push(b'\n');
-            self.write(&line);
+    /// Renders `record`: given to a callback or the `log` facade at once, held with this
+    /// thread's other lines for a file or a standard stream until [`flush_thread`] (or
+    /// [`BATCH`]).
+    pub(crate) fn log(log: &Arc<AccessLog>, record: &Record<'_>) {
+        PENDING.with(|pending| {
+            let Ok(mut pending) = pending.try_borrow_mut() else { return };
+            let Pending { log: owner, lines } = &mut *pending;
+            if owner.as_ref().is_some_and(|o| !Arc::ptr_eq(o, log)) {
+                // Another server's log, in the same thread: its lines go out first, to it.
+                if let Some(o) = owner.take() {
+                    o.write(lines);
+                }
+                lines.clear();
+            }
+            let start = lines.len();
+            log.render(record, lines);
+            lines.push(b'\n');
+            match &log.sink {
+                Sink::Log | Sink::Fn(_) => {
+                    log.write(&lines[start..]);
+                    lines.truncate(start);
+                }
+                Sink::File(_) | Sink::Stdout | Sink::Stderr => {
+                    if owner.is_none() {
+                        *owner = Some(Arc::clone(log));
+                    }
+                    if lines.len() >= BATCH {
+                        log.write(lines);
+                        lines.clear();
+                    }
+                }
+            }
         });
     }
 
-    fn write(&self, line: &[u8]) {
+    /// Writes `lines` (whole lines, each ending in a newline) to the sink.
+    fn write(&self, lines: &[u8]) {
+        if lines.is_empty() {
+            return;
+        }
         match &self.sink {
-            Sink::File(file) => file.write(line),
+            Sink::File(file) => file.write(lines),
             Sink::Stdout => {
-                let _ = io::stdout().lock().write_all(line);
+                let _ = io::stdout().lock().write_all(lines);
             }
             Sink::Stderr => {
-                let _ = io::stderr().lock().write_all(line);
+                let _ = io::stderr().lock().write_all(lines);
             }
-            Sink::Log => log_line(text(&line[..line.len() - 1])),
-            Sink::Fn(f) => f(text(&line[..line.len() - 1])),
+            Sink::Log => log_line(text(&lines[..lines.len() - 1])),
+            Sink::Fn(f) => f(text(&lines[..lines.len() - 1])),
         }
     }
 
@@ -317,6 +356,21 @@ impl AccessLog {
             }
         }
     }
+}
+
+/// Writes the lines this thread holds (see [`AccessLog::log`]).
+pub(crate) fn flush_thread() {
+    PENDING.with(|pending| {
+        let Ok(mut pending) = pending.try_borrow_mut() else { return };
+        if pending.lines.is_empty() {
+            return;
+        }
+        let Pending { log, lines } = &mut *pending;
+        if let Some(log) = log.take() {
+            log.write(lines);
+        }
+        lines.clear();
+    });
 }
 
 /// The rendered line as text: everything from a request is escaped to ASCII, and the format's
@@ -610,15 +664,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sgi-access-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("access.log");
-        let log = AccessLog::to_file(&path).unwrap().format("%(s)s").unwrap();
+        let log = Arc::new(AccessLog::to_file(&path).unwrap().format("%(s)s").unwrap());
         let mut r = record(None, None);
-        log.log(&r);
+        AccessLog::log(&log, &r);
+        flush_thread();
         std::fs::rename(&path, dir.join("access.log.1")).unwrap();
         signal::reopen_logs();
         r.status = 404;
-        log.log(&r);
+        AccessLog::log(&log, &r);
+        r.status = 410;
+        AccessLog::log(&log, &r);
+        // Held until the thread flushes (the new file is not even opened yet), then written together.
+        assert!(!path.exists());
+        flush_thread();
         assert_eq!(std::fs::read_to_string(dir.join("access.log.1")).unwrap(), "200\n");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "404\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "404\n410\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

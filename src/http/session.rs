@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::access_log::Record;
+use crate::access_log::{self, AccessLog, Record};
 use crate::config::Config;
 use crate::environ::Vars;
 use crate::error::ParseError;
@@ -698,6 +698,10 @@ impl Session {
                 self.expire(now);
                 continue;
             }
+            if self.config.access_log.is_some() && matches!(next, Next::Read { .. } | Next::Close) {
+                // The connection waits, or is done: the lines of its responses go out now.
+                access_log::flush_thread();
+            }
             return next;
         }
     }
@@ -752,8 +756,10 @@ impl Session {
                     let keep_alive = keep_alive && x.body_error.is_none() && x.decoder.is_done();
                     let linger = !x.decoder.is_done() || !self.rbuf.filled().is_empty();
                     if keep_alive && self.unlogged.is_some() {
-                        // The next request would take the variables this one's log line reads.
-                        if !self.out.is_empty() {
+                        // The next request would take the variables this one's log line reads:
+                        // it waits for the last byte, unless it is here already (pipelined),
+                        // when the line is written with the last byte queued.
+                        if !self.out.is_empty() && self.rbuf.filled().is_empty() {
                             return write;
                         }
                         self.log_access(now, 0);
@@ -1330,16 +1336,19 @@ impl Session {
     /// never having gone out, at `now`.
     fn log_access(&mut self, now: Instant, unsent: usize) {
         let (Some(entry), Some(log)) = (self.unlogged.take(), &self.config.access_log) else { return };
-        log.log(&Record {
-            vars: entry.parsed.then_some(&self.vars),
-            raw_line: &self.raw_line,
-            remote_addr: &self.info.remote_addr,
-            status: entry.status,
-            // The unsent bytes are the end of the output: this response's body, then its framing.
-            body_bytes: entry.body_bytes.saturating_sub(unsent.saturating_sub(entry.framing_tail) as u64),
-            duration: now.saturating_duration_since(entry.started),
-            response: entry.app_head.then_some(&self.head),
-        });
+        AccessLog::log(
+            log,
+            &Record {
+                vars: entry.parsed.then_some(&self.vars),
+                raw_line: &self.raw_line,
+                remote_addr: &self.info.remote_addr,
+                status: entry.status,
+                // The unsent bytes are the end of the output: this response's body, then its framing.
+                body_bytes: entry.body_bytes.saturating_sub(unsent.saturating_sub(entry.framing_tail) as u64),
+                duration: now.saturating_duration_since(entry.started),
+                response: entry.app_head.then_some(&self.head),
+            },
+        );
     }
 
     fn next_request(&mut self, now: Instant) {
@@ -1368,6 +1377,7 @@ impl Drop for Session {
         self.note_cut_short();
         if self.unlogged.is_some() {
             self.log_access(self.write_progress, self.out.len);
+            access_log::flush_thread();
         }
     }
 }
