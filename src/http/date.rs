@@ -92,10 +92,11 @@ fn thread_date(now: Instant) -> DateCache {
     })
 }
 
+const MONTHS: [&[u8; 3]; 12] =
+    [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+
 fn format_imf_fixdate(unix_seconds: u64) -> [u8; LEN] {
     const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-    const MONTHS: [&[u8; 3]; 12] =
-        [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
     let days = unix_seconds / 86_400;
     let secs = unix_seconds % 86_400;
     let (year, month, day) = civil_from_days(days as i64);
@@ -106,9 +107,7 @@ fn format_imf_fixdate(unix_seconds: u64) -> [u8; LEN] {
     let y = year as u64;
     put2(&mut t[12..14], y / 100 % 100);
     put2(&mut t[14..16], y % 100);
-    put2(&mut t[17..19], secs / 3600);
-    put2(&mut t[20..22], secs / 60 % 60);
-    put2(&mut t[23..25], secs % 60);
+    put_time(&mut t[17..25], secs);
     t
 }
 
@@ -167,8 +166,6 @@ fn digits(s: &[u8]) -> Option<i64> {
 }
 
 fn month(name: &[u8; 3]) -> Option<i64> {
-    const MONTHS: [&[u8; 3]; 12] =
-        [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
     MONTHS.iter().position(|m| *m == name).map(|i| i as i64 + 1)
 }
 
@@ -236,8 +233,6 @@ pub(crate) fn extend_with_clf_now(out: &mut Vec<u8>) {
 }
 
 fn clf_time(unix_seconds: u64) -> [u8; 28] {
-    const MONTHS: [&[u8; 3]; 12] =
-        [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
     let (year, month, day) = civil_from_days((unix_seconds / 86_400) as i64);
     let secs = unix_seconds % 86_400;
     let mut t = *b"[01/Jan/1970:00:00:00 +0000]";
@@ -246,10 +241,15 @@ fn clf_time(unix_seconds: u64) -> [u8; 28] {
     let y = year as u64;
     put2(&mut t[8..10], y / 100 % 100);
     put2(&mut t[10..12], y % 100);
-    put2(&mut t[13..15], secs / 3600);
-    put2(&mut t[16..18], secs / 60 % 60);
-    put2(&mut t[19..21], secs % 60);
+    put_time(&mut t[13..21], secs);
     t
+}
+
+/// `HH:MM:SS` of `secs` into the 8 bytes of `dst` (its colons already there).
+fn put_time(dst: &mut [u8], secs: u64) {
+    put2(&mut dst[0..2], secs / 3600);
+    put2(&mut dst[3..5], secs / 60 % 60);
+    put2(&mut dst[6..8], secs % 60);
 }
 
 fn put2(dst: &mut [u8], n: u64) {
