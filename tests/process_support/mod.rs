@@ -23,7 +23,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The examples the tests start.
-const EXAMPLES: &[&str] = &["hello", "dump", "stream", "testbed", "prefork", "app"];
+const EXAMPLES: &[&str] = &["hello", "dump", "stream", "testbed", "prefork", "app", "files"];
 
 /// The path of an example binary, built (debug profile) on first use by
 /// `cargo build --example ...`, whose JSON messages tell exactly where each executable is

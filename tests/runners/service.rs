@@ -610,3 +610,38 @@ fn static_files_answer_curls_ranges_and_conditions_and_refuse_traversal_on_every
         drop(server);
     }
 }
+
+#[test]
+fn a_large_file_goes_out_whole_to_a_slow_reader_and_a_fast_one_on_every_runner() {
+    let dir = temp_path("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Larger than any socket buffer: sendfile meets a full socket and the connection waits.
+    let contents: Vec<u8> = (0..6_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(dir.join("big.bin"), &contents).unwrap();
+    for runner in ["serial", "threads", "pool", "fork", "event", "prefork"] {
+        let _alone = exclusive();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = spawn_quiet(Command::new(example("files")).env("FILES_ROOT", &dir).args([
+            "--runner",
+            runner,
+            "--bind",
+            &addr.to_string(),
+        ]));
+        let server = Started(child.id());
+        assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()), "{runner}: serves");
+        let url = format!("http://{addr}/big.bin");
+        for rate in [None, Some("20M")] {
+            let mut curl = Command::new("curl");
+            curl.args(["-sS", "--fail", &url]);
+            if let Some(rate) = rate {
+                curl.args(["--limit-rate", rate]);
+            }
+            let out = curl.output().unwrap();
+            assert!(out.status.success(), "{runner} {rate:?}: {:?}", String::from_utf8_lossy(&out.stderr));
+            assert!(out.stdout == contents, "{runner} {rate:?}: {} bytes, not the file's", out.stdout.len());
+        }
+        stop(child);
+        drop(server);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
