@@ -1,7 +1,9 @@
 //! cargo run --release --example middleware [-- --bind ADDR --runner NAME --workers N ...: --help lists every option]
 //!
 //! Middleware is a handler that wraps a handler: this one times each request, adds an
-//! `X-Response-Time` header and logs one access line to `wsgi.errors`.
+//! `X-Response-Time` header and logs one line to `wsgi.errors`. (For an access log, use the
+//! server's, `--access-logfile`: it also sees requests refused before any handler, the status
+//! actually sent and the time to the last byte, which middleware cannot.)
 
 mod common;
 

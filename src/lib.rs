@@ -53,6 +53,15 @@
 //! `http` cargo feature adds the `http_bridge` module: the request as the `http` crate's types,
 //! and answers given as an `http::Response`.
 //!
+//! # Logging and proxies
+//!
+//! [`Config::access_log`] writes an [`AccessLog`] line per response once its last byte is out
+//! (gunicorn's format codes), refused requests included; the server's own messages go to the
+//! `log` facade (feature `log`, on by default) or standard error ([`Config::error_log`]).
+//! Behind a proxy, [`Config::forwarded_allow_ips`] says whose `X-Forwarded-For` and
+//! `X-Forwarded-Proto` set `REMOTE_ADDR` and `wsgi.url_scheme`, and
+//! [`Server::proxy_protocol`] reads the PROXY protocol (v1, v2) HAProxy and load balancers send.
+//!
 //! # Choosing a runner
 //!
 //! | runner | model | concurrency | an idle keep-alive client costs | `Sync` buys |
