@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::environ::Vars;
 use crate::http::encode::{extend_decimal, ResponseHead};
+use crate::http::parse;
 use crate::sys::unix::signal;
 
 /// gunicorn's default format: the Common Log Format with the referer and the user agent.
@@ -68,9 +69,24 @@ pub const DEFAULT_ACCESS_LOG_FORMAT: &str = r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %
 /// # Ok::<(), sgi::AccessLogFormatError>(())
 /// ```
 pub struct AccessLog {
-    format: Vec<Atom>,
+    format: Format,
     sink: Sink,
 }
+
+/// A parsed format: its atoms, and the variables they look up that have no fixed place in the
+/// environ (request headers, `REMOTE_USER`), found in one pass over it per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Format {
+    atoms: Vec<Atom>,
+    searched: Vec<Box<[u8]>>,
+    /// Whether every searched variable is a request header or `REMOTE_USER`, none of which is
+    /// among the variables the server sets first.
+    searched_after_template: bool,
+}
+
+/// Most searched variables found in the one pass; a format naming more finds the others one
+/// search each.
+const MAX_SEARCHED: usize = 16;
 
 impl fmt::Debug for AccessLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,7 +149,8 @@ enum Atom {
     Literal(Box<[u8]>),
     RemoteAddr,
     Dash,
-    User,
+    /// `REMOTE_USER` and `HTTP_AUTHORIZATION`, as indexes of [`Format::searched`].
+    User(usize, usize),
     Time,
     RequestLine,
     Method,
@@ -143,17 +160,14 @@ enum Atom {
     Status,
     Bytes,
     BytesOrDash,
-    Referer,
-    UserAgent,
+    /// The variable at this index of [`Format::searched`].
+    Searched(usize),
     Seconds,
     Millis,
     Micros,
     DecimalSeconds,
     Pid,
-    /// The environ key of a request header.
-    RequestHeader(Box<[u8]>),
     ResponseHeader(Box<[u8]>),
-    Environ(Box<[u8]>),
 }
 
 /// A finished exchange, as the access log needs it.
@@ -300,40 +314,51 @@ impl AccessLog {
     }
 
     fn render(&self, r: &Record<'_>, out: &mut Vec<u8>) {
-        let var = |key: &[u8]| r.vars.and_then(|v| v.get(key)).filter(|v| !v.is_empty());
-        for atom in &self.format {
+        let searched = &self.format.searched;
+        let mut found = [None; MAX_SEARCHED];
+        if let Some(vars) = r.vars {
+            let keys = &searched[..searched.len().min(MAX_SEARCHED)];
+            vars.get_many(keys, self.format.searched_after_template, &mut found);
+        }
+        let var = |slot: usize| match found.get(slot) {
+            Some(value) => *value,
+            None => r.vars.and_then(|v| v.get(&searched[slot])),
+        };
+        let var = |slot: usize| var(slot).filter(|v| !v.is_empty());
+        // The server's own variables are where it put them: no search.
+        let fixed = |index: usize, key: &[u8]| r.vars.and_then(|v| v.get_hinted(index, key)).filter(|v| !v.is_empty());
+        for atom in &self.format.atoms {
             match atom {
                 Atom::Literal(bytes) => out.extend_from_slice(bytes),
                 Atom::RemoteAddr => match r.vars {
-                    Some(_) => escaped_or_dash(out, var(b"REMOTE_ADDR")),
+                    Some(_) => escaped_or_dash(out, fixed(parse::REMOTE_ADDR, b"REMOTE_ADDR")),
                     None => escaped_or_dash(out, Some(r.remote_addr.as_bytes()).filter(|a| !a.is_empty())),
                 },
                 Atom::Dash => out.push(b'-'),
-                Atom::User => match var(b"REMOTE_USER") {
+                Atom::User(remote_user, authorization) => match var(*remote_user) {
                     Some(user) => escape(out, user),
-                    None => escaped_or_dash(out, var(b"HTTP_AUTHORIZATION").and_then(basic_user).as_deref()),
+                    None => escaped_or_dash(out, var(*authorization).and_then(basic_user).as_deref()),
                 },
                 Atom::Time => crate::http::date::extend_with_clf_now(out),
                 Atom::RequestLine => match r.vars {
                     Some(_) => {
-                        escape(out, var(b"REQUEST_METHOD").unwrap_or(b"-"));
+                        escape(out, fixed(parse::REQUEST_METHOD, b"REQUEST_METHOD").unwrap_or(b"-"));
                         out.push(b' ');
-                        escape(out, var(b"RAW_URI").unwrap_or(b"-"));
+                        escape(out, fixed(parse::RAW_URI, b"RAW_URI").unwrap_or(b"-"));
                         out.push(b' ');
-                        escape(out, var(b"SERVER_PROTOCOL").unwrap_or(b"-"));
+                        escape(out, fixed(parse::SERVER_PROTOCOL, b"SERVER_PROTOCOL").unwrap_or(b"-"));
                     }
                     None => escaped_or_dash(out, Some(r.raw_line).filter(|l| !l.is_empty())),
                 },
-                Atom::Method => escaped_or_dash(out, var(b"REQUEST_METHOD")),
-                Atom::Path => escaped_or_dash(out, var(b"PATH_INFO")),
-                Atom::Query => escaped_or_dash(out, var(b"QUERY_STRING")),
-                Atom::Protocol => escaped_or_dash(out, var(b"SERVER_PROTOCOL")),
+                Atom::Method => escaped_or_dash(out, fixed(parse::REQUEST_METHOD, b"REQUEST_METHOD")),
+                Atom::Path => escaped_or_dash(out, fixed(parse::PATH_INFO, b"PATH_INFO")),
+                Atom::Query => escaped_or_dash(out, fixed(parse::QUERY_STRING, b"QUERY_STRING")),
+                Atom::Protocol => escaped_or_dash(out, fixed(parse::SERVER_PROTOCOL, b"SERVER_PROTOCOL")),
                 Atom::Status => extend_decimal(out, u64::from(r.status)),
                 Atom::Bytes => extend_decimal(out, r.body_bytes),
                 Atom::BytesOrDash if r.body_bytes == 0 => out.push(b'-'),
                 Atom::BytesOrDash => extend_decimal(out, r.body_bytes),
-                Atom::Referer => escaped_or_dash(out, var(b"HTTP_REFERER")),
-                Atom::UserAgent => escaped_or_dash(out, var(b"HTTP_USER_AGENT")),
+                Atom::Searched(slot) => escaped_or_dash(out, var(*slot)),
                 Atom::Seconds => extend_decimal(out, r.duration.as_secs()),
                 Atom::Millis => extend_decimal(out, r.duration.as_millis() as u64),
                 Atom::Micros => extend_decimal(out, r.duration.as_micros() as u64),
@@ -349,7 +374,7 @@ impl AccessLog {
                     extend_decimal(out, u64::from(std::process::id()));
                     out.push(b'>');
                 }
-                Atom::RequestHeader(key) | Atom::Environ(key) => escaped_or_dash(out, var(key)),
+
                 Atom::ResponseHeader(name) => {
                     escaped_or_dash(out, r.response.and_then(|h| h.header(name)).filter(|v| !v.is_empty()))
                 }
@@ -402,16 +427,28 @@ fn escaped_or_dash(out: &mut Vec<u8>, value: Option<&[u8]>) {
 
 /// Appends `bytes`, each byte that is not printable ASCII, and `"` and `\`, as `\xHH` (nginx's
 /// escaping): a header cannot end a line or a quoted field early.
-fn escape(out: &mut Vec<u8>, bytes: &[u8]) {
+fn escape(out: &mut Vec<u8>, mut bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in bytes {
-        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
-            out.push(b);
-        } else {
-            out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-        }
+    // Runs of bytes that stand as they are are copied whole.
+    while let Some(i) = bytes.iter().position(|&b| !PLAIN[usize::from(b)]) {
+        out.extend_from_slice(&bytes[..i]);
+        let b = bytes[i];
+        out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        bytes = &bytes[i + 1..];
     }
+    out.extend_from_slice(bytes);
 }
+
+/// The bytes a log line shows as they are: printable ASCII but `"` and `\\`.
+static PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        table[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    table
+};
 
 /// The user name of a `Basic` authorization (RFC 7617), as gunicorn logs it; `None` for any
 /// other scheme or a malformed value.
@@ -458,9 +495,10 @@ fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn parse_format(format: &str) -> Result<Vec<Atom>, AccessLogFormatError> {
+fn parse_format(format: &str) -> Result<Format, AccessLogFormatError> {
     let bytes = format.as_bytes();
     let mut atoms = Vec::new();
+    let mut searched = Vec::new();
     let mut literal = Vec::new();
     let mut i = 0;
     let error = |message: &str, at: usize| AccessLogFormatError { message: message.into(), at };
@@ -481,7 +519,7 @@ fn parse_format(format: &str) -> Result<Vec<Atom>, AccessLogFormatError> {
         }
         let close = bytes[i + 2..].windows(2).position(|w| w == b")s").ok_or_else(|| error("%( without )s", i))?;
         let code = &format[i + 2..i + 2 + close];
-        let atom = parse_code(code).ok_or_else(|| error(&format!("unknown code {code:?}"), i))?;
+        let atom = parse_code(code, &mut searched).ok_or_else(|| error(&format!("unknown code {code:?}"), i))?;
         if !literal.is_empty() {
             atoms.push(Atom::Literal(std::mem::take(&mut literal).into()));
         }
@@ -491,26 +529,35 @@ fn parse_format(format: &str) -> Result<Vec<Atom>, AccessLogFormatError> {
     if !literal.is_empty() {
         atoms.push(Atom::Literal(literal.into()));
     }
-    Ok(atoms)
+    let searched_after_template = searched.iter().all(|k| k.starts_with(b"HTTP_") || **k == *b"REMOTE_USER");
+    Ok(Format { atoms, searched, searched_after_template })
 }
 
-fn parse_code(code: &str) -> Option<Atom> {
+/// The atom of `code`; a variable it looks up gets its index in `searched`.
+fn parse_code(code: &str, searched: &mut Vec<Box<[u8]>>) -> Option<Atom> {
+    let mut slot = |key: Box<[u8]>| match searched.iter().position(|k| *k == key) {
+        Some(i) => i,
+        None => {
+            searched.push(key);
+            searched.len() - 1
+        }
+    };
     if let Some(inner) = code.strip_prefix('{') {
         let (name, kind) = inner.rsplit_once('}')?;
         if name.is_empty() {
             return None;
         }
         return match kind {
-            "i" => Some(Atom::RequestHeader(request_header_key(name))),
+            "i" => Some(Atom::Searched(slot(request_header_key(name)))),
             "o" => Some(Atom::ResponseHeader(name.as_bytes().into())),
-            "e" => Some(Atom::Environ(name.as_bytes().into())),
+            "e" => Some(Atom::Searched(slot(name.as_bytes().into()))),
             _ => None,
         };
     }
     Some(match code {
         "h" => Atom::RemoteAddr,
         "l" => Atom::Dash,
-        "u" => Atom::User,
+        "u" => Atom::User(slot(b"REMOTE_USER"[..].into()), slot(b"HTTP_AUTHORIZATION"[..].into())),
         "t" => Atom::Time,
         "r" => Atom::RequestLine,
         "m" => Atom::Method,
@@ -520,8 +567,8 @@ fn parse_code(code: &str) -> Option<Atom> {
         "s" => Atom::Status,
         "B" => Atom::Bytes,
         "b" => Atom::BytesOrDash,
-        "f" => Atom::Referer,
-        "a" => Atom::UserAgent,
+        "f" => Atom::Searched(slot(b"HTTP_REFERER"[..].into())),
+        "a" => Atom::Searched(slot(b"HTTP_USER_AGENT"[..].into())),
         "T" => Atom::Seconds,
         "M" => Atom::Millis,
         "D" => Atom::Micros,

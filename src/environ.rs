@@ -234,6 +234,31 @@ impl Vars {
         self.entries.iter().position(|&(k, _)| self.bytes(k) == key)
     }
 
+    /// [`Vars::get`] of each of `keys` in one pass, into `found` (as long as `keys`). With
+    /// `not_template`, none of `keys` is a variable of the template, whose entries are skipped.
+    pub(crate) fn get_many<'v>(&'v self, keys: &[Box<[u8]>], not_template: bool, found: &mut [Option<&'v [u8]>]) {
+        // While the template is intact, its entries are the first ones, and only its variables.
+        let skip = if not_template { self.template.entries.min(self.entries.len()) } else { 0 };
+        for &(k, v) in &self.entries[skip..] {
+            let k = self.bytes(k);
+            for (key, slot) in keys.iter().zip(found.iter_mut()) {
+                if slot.is_none() && key.len() == k.len() && **key == *k {
+                    *slot = Some(self.bytes(v));
+                }
+            }
+        }
+    }
+
+    /// [`Vars::get`], looking first at entry `index`, where the server puts `key` (a variable
+    /// of the template): one comparison instead of a search, unless a middleware moved it.
+    #[inline]
+    pub(crate) fn get_hinted(&self, index: usize, key: &[u8]) -> Option<&[u8]> {
+        match self.entries.get(index) {
+            Some(&(k, v)) if self.bytes(k) == key => Some(self.bytes(v)),
+            _ => self.get(key),
+        }
+    }
+
     pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.position(key).map(|i| self.value_of(i))
     }

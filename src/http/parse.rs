@@ -359,12 +359,12 @@ fn request_line_len(
 
 /// Entries of the environ's template (see [`Vars::reuse_template`]) whose values change from
 /// request to request; the others' values are the same on a whole connection.
-const REQUEST_METHOD: usize = 0;
-const PATH_INFO: usize = 2;
-const QUERY_STRING: usize = 3;
-const RAW_URI: usize = 4;
-const SERVER_PROTOCOL: usize = 5;
-const REMOTE_ADDR: usize = 8;
+pub(crate) const REQUEST_METHOD: usize = 0;
+pub(crate) const PATH_INFO: usize = 2;
+pub(crate) const QUERY_STRING: usize = 3;
+pub(crate) const RAW_URI: usize = 4;
+pub(crate) const SERVER_PROTOCOL: usize = 5;
+pub(crate) const REMOTE_ADDR: usize = 8;
 const REMOTE_PORT: usize = 9;
 const URL_SCHEME: usize = 10;
 

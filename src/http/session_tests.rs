@@ -1187,3 +1187,22 @@ fn a_reader_that_stops_reading_a_file_body_is_dropped_at_the_write_timeout() {
     assert_eq!(wire.now - t0, Duration::from_secs(9));
     assert!(log.lock().unwrap().iter().any(|l| l.contains("write stalled")));
 }
+
+#[test]
+fn the_log_finds_what_middleware_set_or_moved() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let handler = handler_fn(|env, start_response| {
+        if env.path_info() == b"/moved" {
+            // Removing a variable the server set first moves every later one.
+            env.remove("SCRIPT_NAME");
+        }
+        env.insert("REMOTE_USER", "grace");
+        Ok(start_response.start("200 OK", [("Content-Type", "text/plain")])?.body("hi"))
+    });
+    let requests = b"GET /kept HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\nGET /moved HTTP/1.1\r\nHost: x\r\nX-A: 2\r\n\r\n";
+    exchange(access_logged(&lines, "%(r)s %(u)s %({x-a}i)s %(h)s"), vec![requests.to_vec()], &handler);
+    assert_eq!(
+        *lines.lock().unwrap(),
+        ["GET /kept HTTP/1.1 grace 1 127.0.0.1", "GET /moved HTTP/1.1 grace 2 127.0.0.1"]
+    );
+}
