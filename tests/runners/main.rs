@@ -14,6 +14,7 @@ mod conformance;
 mod hostile;
 mod master;
 mod processes;
+mod proxies;
 mod service;
 
 use conformance::Runner;
