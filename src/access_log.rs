@@ -264,7 +264,8 @@ impl AccessLog {
     /// thread's other lines for a file or a standard stream until [`flush_thread`] (or
     /// [`BATCH`]).
     pub(crate) fn log(log: &Arc<AccessLog>, record: &Record<'_>) {
-        PENDING.with(|pending| {
+        // A thread being torn down has nowhere to keep lines: they go nowhere rather than panic.
+        let _ = PENDING.try_with(|pending| {
             let Ok(mut pending) = pending.try_borrow_mut() else { return };
             let Pending { log: owner, lines } = &mut *pending;
             if owner.as_ref().is_some_and(|o| !Arc::ptr_eq(o, log)) {
@@ -385,7 +386,7 @@ impl AccessLog {
 
 /// Writes the lines this thread holds (see [`AccessLog::log`]).
 pub(crate) fn flush_thread() {
-    PENDING.with(|pending| {
+    let _ = PENDING.try_with(|pending| {
         let Ok(mut pending) = pending.try_borrow_mut() else { return };
         if pending.lines.is_empty() {
             return;
