@@ -1206,3 +1206,16 @@ fn the_log_finds_what_middleware_set_or_moved() {
         ["GET /kept HTTP/1.1 grace 1 127.0.0.1", "GET /moved HTTP/1.1 grace 2 127.0.0.1"]
     );
 }
+
+#[test]
+fn a_proxy_header_trickled_past_the_head_timeout_gets_408() {
+    let mut wire = Wire::new(vec![b"PROXY TCP4 203.0.113.7 19".to_vec()]);
+    wire.half_close = false;
+    let t0 = wire.now;
+    let config = Config::default().error_log(|_| {}).header_timeout(Some(Duration::from_secs(4)));
+    let mut s = proxied_session(config, &wire);
+    let run = pump(&mut s, &mut wire, &sgi_dump());
+    assert!(!run.stuck);
+    assert_eq!(wire.now - t0, Duration::from_secs(4));
+    assert_eq!(parse_responses(&wire.written, &[])[0].status, 408);
+}
