@@ -42,6 +42,8 @@ const UPGRADED_FROM_VAR: &str = "SGI_UPGRADED_FROM";
 
 /// gunicorn's convention for the number of workers, honoured by hosting platforms.
 const WEB_CONCURRENCY: &str = "WEB_CONCURRENCY";
+/// gunicorn's variable for `--forwarded-allow-ips` (below `SGI_FORWARDED_ALLOW_IPS`).
+const FORWARDED_ALLOW_IPS: &str = "FORWARDED_ALLOW_IPS";
 
 /// The command line of a server binary: parses gunicorn's options (`--bind`, `--workers`,
 /// `--daemon`, `--pidfile`, ...) from the command line, from `SGI_CMD_ARGS` and from one
@@ -50,7 +52,8 @@ const WEB_CONCURRENCY: &str = "WEB_CONCURRENCY";
 /// serves, and serves.
 ///
 /// Precedence, lowest first: the crate's defaults, the app's [`Options::config`], the `SGI_*`
-/// variables (and `WEB_CONCURRENCY` for `--workers`), `SGI_CMD_ARGS`, the command line. A value
+/// variables (and `WEB_CONCURRENCY` for `--workers`, `FORWARDED_ALLOW_IPS` for
+/// `--forwarded-allow-ips`, below them), `SGI_CMD_ARGS`, the command line. A value
 /// that cannot be used stops the program with status 2 and a message naming the option;
 /// `--help` lists every option with its variable and default.
 ///
@@ -105,7 +108,9 @@ impl Options {
     pub fn from_env() -> Options {
         let mut args = std::env::args();
         let program = args.next().unwrap_or_else(|| "server".into());
-        let env = std::env::vars().filter(|(k, _)| k.starts_with("SGI_") || k == WEB_CONCURRENCY).collect();
+        let env = std::env::vars()
+            .filter(|(k, _)| k.starts_with("SGI_") || k == WEB_CONCURRENCY || k == FORWARDED_ALLOW_IPS)
+            .collect();
         Options { program, args: args.collect(), env, config: Config::default(), defaults: Vec::new(), customize: None }
     }
 
@@ -134,7 +139,7 @@ impl Options {
     }
 
     /// Sets an environment variable as this parser sees it (`SGI_WORKERS`, `SGI_CMD_ARGS`,
-    /// `WEB_CONCURRENCY`), without touching the process's environment.
+    /// `WEB_CONCURRENCY`, `FORWARDED_ALLOW_IPS`), without touching the process's environment.
     pub fn env(mut self, name: &str, value: &str) -> Options {
         self.env.insert(name.into(), value.into());
         self
@@ -316,7 +321,7 @@ const SPECS: &[Spec] = &[
     opt("error-logfile", "PATH", "-", "where the server's error log goes (-: stderr); appended to, reopened on USR1"),
     opt("access-logfile", "PATH", "none", "write an access log line per response to PATH (-: stdout); appended to, reopened on USR1"),
     opt("access-logformat", "FORMAT", r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#, "the access log's format, in gunicorn's codes (see the README's table)"),
-    opt("forwarded-allow-ips", "LIST", "127.0.0.1,::1,unix", "peers whose X-Forwarded-For and X-Forwarded-Proto are believed: addresses, networks (10.0.0.0/8), unix (Unix socket peers), * (anyone) or nothing"),
+    opt("forwarded-allow-ips", "LIST", "FORWARDED_ALLOW_IPS, else 127.0.0.1,::1,unix", "peers whose X-Forwarded-For and X-Forwarded-Proto are believed: addresses, networks (10.0.0.0/8), unix (Unix socket peers), * (anyone) or nothing"),
     flag("trust-forwarded-header", "also believe those peers' RFC 7239 Forwarded header (only behind a proxy that sets or strips it)"),
     flag("proxy-protocol", "every listener expects a PROXY protocol header (v1 or v2) before the first request of each connection"),
     opt("proxy-allow-from", "LIST", "127.0.0.1,::1,unix", "peers allowed to send a PROXY protocol header, in --forwarded-allow-ips' syntax"),
@@ -476,6 +481,10 @@ impl Settings {
         read_args(defaults, Source::AppDefaults, &mut raw)?;
         if let Some(n) = env.get(WEB_CONCURRENCY) {
             raw.set(spec("workers").expect("a known option"), Source::Env(WEB_CONCURRENCY.into()), n.clone());
+        }
+        if let Some(list) = env.get(FORWARDED_ALLOW_IPS) {
+            let spec = spec("forwarded-allow-ips").expect("a known option");
+            raw.set(spec, Source::Env(FORWARDED_ALLOW_IPS.into()), list.clone());
         }
         for spec in SPECS {
             let var = env_name(spec.long);
@@ -1135,6 +1144,10 @@ mod tests {
         assert_eq!(s.raw.last("workers"), Some("3"), "SGI_WORKERS over WEB_CONCURRENCY");
         let s = parse(&[], &[("WEB_CONCURRENCY", "2")]).unwrap();
         assert_eq!(s.raw.last("workers"), Some("2"));
+        let s = parse(&[], &[("FORWARDED_ALLOW_IPS", "10.0.0.0/8")]).unwrap();
+        assert_eq!(s.raw.last("forwarded-allow-ips"), Some("10.0.0.0/8"), "gunicorn's variable");
+        let s = parse(&[], &[("SGI_FORWARDED_ALLOW_IPS", "*"), ("FORWARDED_ALLOW_IPS", "10.0.0.0/8")]).unwrap();
+        assert_eq!(s.raw.last("forwarded-allow-ips"), Some("*"), "SGI_FORWARDED_ALLOW_IPS over it");
         // A later source's binds replace an earlier one's; one source's add up.
         let s = parse(&["-b", "127.0.0.1:2", "-b", "127.0.0.1:3"], &[("SGI_BIND", "127.0.0.1:1,unix:/tmp/a")]).unwrap();
         assert_eq!(s.binds, vec![Bind::Tcp("127.0.0.1:2".into()), Bind::Tcp("127.0.0.1:3".into())]);
