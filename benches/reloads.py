@@ -73,6 +73,27 @@ def client(port, keep_alive, stop, counts, failures):
             sock = None
 
 
+class Load:
+    """`clients` closed-loop clients on 127.0.0.1:`port`, half keep-alive, half a connection
+    per request, from `start` until `finish`, which returns the requests answered."""
+
+    def __init__(self, port, clients):
+        self.stop = threading.Event()
+        self.counts = [[0] for _ in range(clients)]
+        self.failures = []
+        self.threads = [threading.Thread(target=client, args=(port, i % 2 == 0, self.stop, self.counts[i],
+                                                               self.failures))
+                        for i in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        return sum(c[0] for c in self.counts)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reloads", type=int, default=100)
@@ -90,13 +111,7 @@ def main():
                 sys.exit("the server did not start")
             time.sleep(0.05)
         time.sleep(0.3)
-        stop = threading.Event()
-        counts = [[0] for _ in range(args.clients)]
-        failures = []
-        threads = [threading.Thread(target=client, args=(args.port, i % 2 == 0, stop, counts[i], failures))
-                   for i in range(args.clients)]
-        for t in threads:
-            t.start()
+        load = Load(args.port, args.clients)
         started = time.monotonic()
         stuck = 0
         for _ in range(args.reloads):
@@ -111,13 +126,10 @@ def main():
             else:
                 stuck += 1
         took = time.monotonic() - started
-        stop.set()
-        for t in threads:
-            t.join()
-        answered = sum(c[0] for c in counts)
+        answered = load.finish()
         print(f"{args.reloads} reloads in {took:.1f} s ({stuck} not completed within 10 s) under {args.clients} "
-              f"closed-loop clients: {answered} requests answered, {len(failures)} failed")
-        for f in failures[:10]:
+              f"closed-loop clients: {answered} requests answered, {len(load.failures)} failed")
+        for f in load.failures[:10]:
             print("  ", f)
     finally:
         server.send_signal(signal.SIGTERM)

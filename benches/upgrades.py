@@ -18,11 +18,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reloads import ROOT, children, client  # noqa: E402
+from reloads import ROOT, Load, children  # noqa: E402
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -84,13 +83,7 @@ def main():
         if not wait(lambda: read_pid(pidfile) == server.pid and len(children(server.pid)) == args.workers):
             sys.exit("the server did not start")
         time.sleep(0.3)
-        stop = threading.Event()
-        counts = [[0] for _ in range(args.clients)]
-        failures = []
-        threads = [threading.Thread(target=client, args=(args.port, i % 2 == 0, stop, counts[i], failures))
-                   for i in range(args.clients)]
-        for t in threads:
-            t.start()
+        load = Load(args.port, args.clients)
         started = time.monotonic()
         stuck = 0
         masters = [server.pid]
@@ -107,14 +100,11 @@ def main():
             old_gone = wait(lambda: not alive(old))
             stuck += not (new_up and workers_gone and old_gone)
         took = time.monotonic() - started
-        stop.set()
-        for t in threads:
-            t.join()
-        answered = sum(c[0] for c in counts)
+        answered = load.finish()
         print(f"{args.upgrades} binary upgrades (USR2, WINCH, TERM) in {took:.1f} s ({stuck} not completed "
               f"within 10 s a step) under {args.clients} closed-loop clients: {answered} requests answered, "
-              f"{len(failures)} failed; {len(set(masters))} masters in turn")
-        for f in failures[:10]:
+              f"{len(load.failures)} failed; {len(set(masters))} masters in turn")
+        for f in load.failures[:10]:
             print("  ", f)
     finally:
         last = read_pid(pidfile)
