@@ -236,13 +236,19 @@ impl Vars {
 
     /// [`Vars::get`] of each of `keys` in one pass, into `found` (as long as `keys`). With
     /// `not_template`, none of `keys` is a variable of the template, whose entries are skipped.
-    pub(crate) fn get_many<'v>(&'v self, keys: &[Box<[u8]>], not_template: bool, found: &mut [Option<&'v [u8]>]) {
+    pub(crate) fn get_many<'v, K: AsRef<[u8]>>(
+        &'v self,
+        keys: &[K],
+        not_template: bool,
+        found: &mut [Option<&'v [u8]>],
+    ) {
         // While the template is intact, its entries are the first ones, and only its variables.
         let skip = if not_template { self.template.entries.min(self.entries.len()) } else { 0 };
         for &(k, v) in &self.entries[skip..] {
             let k = self.bytes(k);
             for (key, slot) in keys.iter().zip(found.iter_mut()) {
-                if slot.is_none() && key.len() == k.len() && **key == *k {
+                let key = key.as_ref();
+                if slot.is_none() && key.len() == k.len() && key == k {
                     *slot = Some(self.bytes(v));
                 }
             }

@@ -310,12 +310,22 @@ fn is_proxy_field(name: &[u8]) -> bool {
 /// `-Protocol`, `-Ssl`) and, when configured, `Forwarded`. The fields themselves stay in the
 /// environ.
 fn believe_proxy(vars: &mut Vars, config: &Config, conn: &ConnInfo) -> Result<(), ParseError> {
+    const FIELDS: [&[u8]; 5] = [
+        b"HTTP_FORWARDED",
+        b"HTTP_X_FORWARDED_FOR",
+        b"HTTP_X_FORWARDED_PROTO",
+        b"HTTP_X_FORWARDED_PROTOCOL",
+        b"HTTP_X_FORWARDED_SSL",
+    ];
+    let mut found = [None; FIELDS.len()];
+    vars.get_many(&FIELDS, true, &mut found);
+    let [forwarded, x_forwarded_for, x_forwarded_proto, x_forwarded_protocol, x_forwarded_ssl] = found;
     let headers = forwarded::ProxyHeaders {
-        forwarded: if config.trust_forwarded_header { vars.get(b"HTTP_FORWARDED") } else { None },
-        x_forwarded_for: vars.get(b"HTTP_X_FORWARDED_FOR"),
-        x_forwarded_proto: vars.get(b"HTTP_X_FORWARDED_PROTO"),
-        x_forwarded_protocol: vars.get(b"HTTP_X_FORWARDED_PROTOCOL"),
-        x_forwarded_ssl: vars.get(b"HTTP_X_FORWARDED_SSL"),
+        forwarded: forwarded.filter(|_| config.trust_forwarded_header),
+        x_forwarded_for,
+        x_forwarded_proto,
+        x_forwarded_protocol,
+        x_forwarded_ssl,
     };
     let resolved = forwarded::resolve(conn.peer, &headers, |ip| config.forwarded_allow_ips.contains(ip))
         .map_err(|_| ParseError::ContradictorySchemeHeaders)?;

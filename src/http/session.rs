@@ -84,18 +84,6 @@ pub(crate) enum BodyRead {
     Read(Option<Instant>),
 }
 
-/// A finished exchange, for an access log: what the client was actually sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Finished {
-    pub(crate) status: u16,
-    /// Body bytes queued for the client (framing excluded).
-    pub(crate) body_bytes: u64,
-    /// When the request head was complete.
-    pub(crate) started: Instant,
-    /// When the last byte of the response was queued.
-    pub(crate) ended: Instant,
-}
-
 /// A finished response the access log has yet to hear of: it is logged once its last byte is
 /// written (or the connection fails), so its line holds what the client actually got.
 #[derive(Debug, Clone, Copy)]
@@ -380,7 +368,6 @@ pub(crate) struct Session {
     write_progress: Instant,
     /// The client will send nothing more.
     eof: bool,
-    finished: Option<Finished>,
     /// The response whose access log line waits for its last byte (with an access log only).
     unlogged: Option<Unlogged>,
     /// The first line of a request refused before it was parsed, for its access log line.
@@ -411,7 +398,6 @@ impl Session {
             head_started: None,
             write_progress: now,
             eof: false,
-            finished: None,
             unlogged: None,
             raw_line: Vec::new(),
             date: DateCache::default(),
@@ -595,12 +581,6 @@ impl Session {
     #[inline]
     pub(crate) fn is_open(&self) -> bool {
         !matches!(self.phase, Phase::Closed)
-    }
-
-    /// The exchange that finished last, once. Read by the tests now, by the access log later.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn take_finished(&mut self) -> Option<Finished> {
-        self.finished.take()
     }
 
     /// The peer as `addr:port` (empty for a Unix socket), for log lines.
@@ -1302,20 +1282,20 @@ impl Session {
 
     /// A response is all queued: `app_head` when it is the application's (not an error page).
     fn finish(&mut self, status: u16, body_bytes: u64, app_head: bool, framing_tail: usize, now: Instant) {
+        if self.config.access_log.is_none() {
+            return;
+        }
         let (started, parsed) = match &self.phase {
             Phase::Buffering(x) | Phase::Exchange(x) => (x.started, true),
             _ => (self.head_started.unwrap_or(now), false),
         };
-        self.finished = Some(Finished { status, body_bytes, started, ended: now });
-        if self.config.access_log.is_some() {
-            if !parsed {
-                let buf = self.rbuf.filled();
-                let line = &buf[..buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len())];
-                self.raw_line.clear();
-                self.raw_line.extend_from_slice(&line[..line.len().min(MAX_LOGGED_LINE)]);
-            }
-            self.unlogged = Some(Unlogged { status, body_bytes, started, parsed, app_head, framing_tail });
+        if !parsed {
+            let buf = self.rbuf.filled();
+            let line = &buf[..buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len())];
+            self.raw_line.clear();
+            self.raw_line.extend_from_slice(&line[..line.len().min(MAX_LOGGED_LINE)]);
         }
+        self.unlogged = Some(Unlogged { status, body_bytes, started, parsed, app_head, framing_tail });
     }
 
     /// A streamed response whose head went out ends before its body did (the client left, the

@@ -157,7 +157,6 @@ impl BodySource for MemoryInput<'_> {
 /// What a run of the machine did.
 #[derive(Debug, Default)]
 struct Run {
-    finished: Vec<Finished>,
     shut_down: bool,
     /// The machine was left waiting with nothing that could wake it.
     stuck: bool,
@@ -170,14 +169,8 @@ fn pump(session: &mut Session, wire: &mut Wire, handler: &dyn Handler) -> Run {
     let mut direct = Vec::new();
     for _ in 0..1_000_000 {
         let now = wire.now;
-        if let Some(f) = session.take_finished() {
-            run.finished.push(f);
-        }
         match session.poll(now) {
             Next::Close => {
-                if let Some(f) = session.take_finished() {
-                    run.finished.push(f);
-                }
                 run.shut_down = wire.shut_down;
                 return run;
             }
@@ -475,15 +468,14 @@ fn partial_writes_of_every_size_give_the_same_bytes() {
 
 #[test]
 fn pipelined_responses_are_gathered_into_one_write() {
-    let log = Arc::new(Mutex::new(Vec::new()));
+    let (log, lines) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
     let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(16);
-    let (wire, run) = exchange(config(&log), vec![request], &hello());
+    let (wire, _) = exchange(with_access_log(config(&log), &lines, "%(s)s %(B)s"), vec![request], &hello());
     let responses = parse_responses(&wire.written, &[]);
     assert_eq!(responses.len(), 16);
     assert!(responses.iter().all(|r| r.status == 200 && r.body == b"hi"));
     assert_eq!(wire.writes, 1, "16 buffered requests, one write");
-    assert_eq!(run.finished.len(), 16);
-    assert!(run.finished.iter().all(|f| f.status == 200 && f.body_bytes == 2));
+    assert_eq!(*lines.lock().unwrap(), ["200 2"; 16]);
 }
 
 #[test]
@@ -823,10 +815,11 @@ fn a_closed_session_hands_its_buffers_to_the_next_connection_which_sees_nothing_
     second.reclaim_buffers(&pool);
     assert!(second.rbuf.data.capacity() > 0 && pool.spare.lock().unwrap().is_empty(), "taken, not allocated");
     let mut wire = Wire::new(vec![b"GET /second HTTP/1.1\r\nHost: b\r\n\r\n".to_vec()]);
-    let run = pump(&mut second, &mut wire, &sgi_dump());
-    let body = String::from_utf8(parse_responses(&wire.written, &[])[0].body.clone()).unwrap();
+    pump(&mut second, &mut wire, &sgi_dump());
+    let responses = parse_responses(&wire.written, &[]);
+    let body = String::from_utf8(responses[0].body.clone()).unwrap();
     assert!(body.contains("/second") && !body.contains("secret") && !body.contains("X_TOKEN"), "{body}");
-    assert!(run.finished.len() == 1);
+    assert_eq!(responses.len(), 1);
 }
 
 /// Answers the request's environ, one `KEY=value` line each.
@@ -890,12 +883,14 @@ fn a_whole_body_goes_out_as_a_pulled_one_would() {
         for (r, request) in requests.iter().enumerate() {
             for max_requests in [1000, 2] {
                 let run = |whole: bool| {
+                    let lines = Arc::new(Mutex::new(Vec::new()));
                     let config = config(&log).max_requests_per_connection(max_requests);
+                    let config = with_access_log(config, &lines, "%(s)s %(B)s");
                     let mut wire = Wire::new(vec![request.to_vec()]);
                     wire.whole_bodies = whole;
                     let mut s = session(config, 0, wire.now);
                     let run = pump(&mut s, &mut wire, &**handler);
-                    let finished: Vec<_> = run.finished.iter().map(|f| (f.status, f.body_bytes)).collect();
+                    let finished = lines.lock().unwrap().clone();
                     (without_date(&wire.written), finished, run.shut_down, run.stuck)
                 };
                 assert_eq!(run(true), run(false), "handler {h}, request {r}, max {max_requests}");
