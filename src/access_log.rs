@@ -309,7 +309,7 @@ impl AccessLog {
             Sink::Stderr => {
                 let _ = io::stderr().lock().write_all(lines);
             }
-            Sink::Log => log_line(text(&lines[..lines.len() - 1])),
+            Sink::Log => crate::logging::access_line(text(&lines[..lines.len() - 1])),
             Sink::Fn(f) => f(text(&lines[..lines.len() - 1])),
         }
     }
@@ -403,20 +403,6 @@ pub(crate) fn flush_thread() {
 /// own text came in as UTF-8, so this never loses anything.
 fn text(line: &[u8]) -> &str {
     std::str::from_utf8(line).unwrap_or("-")
-}
-
-#[cfg(feature = "log")]
-fn log_line(line: &str) {
-    if log::max_level() == log::LevelFilter::Off {
-        eprintln!("{line}");
-    } else {
-        log::info!(target: "sgi::access", "{line}");
-    }
-}
-
-#[cfg(not(feature = "log"))]
-fn log_line(line: &str) {
-    eprintln!("{line}");
 }
 
 fn escaped_or_dash(out: &mut Vec<u8>, value: Option<&[u8]>) {

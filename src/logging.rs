@@ -31,11 +31,13 @@ impl Level {
 }
 
 /// What a message is about, as a `log` target: `sgi::conn` for one connection (the message
-/// names its peer), `sgi::server` for the server as a whole (runners, workers, the master).
+/// names its peer), `sgi::server` for the server as a whole (runners, workers, the master),
+/// `sgi::access` for access log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
     Conn,
     Server,
+    Access,
 }
 
 impl Target {
@@ -44,6 +46,7 @@ impl Target {
         match self {
             Target::Conn => "sgi::conn",
             Target::Server => "sgi::server",
+            Target::Access => "sgi::access",
         }
     }
 }
@@ -84,6 +87,14 @@ impl Sink {
                 }
             }
         }
+    }
+}
+
+/// Gives an access log line to the `log` facade (info, `sgi::access`), or to standard error when
+/// no logger listens.
+pub(crate) fn access_line(line: &str) {
+    if !to_facade(Level::Info, Target::Access, line) {
+        eprintln!("{line}");
     }
 }
 
